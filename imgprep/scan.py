@@ -1,0 +1,612 @@
+"""Find the candidate images of a source without decoding them.
+
+Two layouts are supported:
+
+* A class-per-folder tree: ``ROOT/CLASS/.../FILE``. When every top-level folder is a
+  split name (``train``, ``val``, ``test`` or an alias such as ``validation``), the
+  tree is ``ROOT/SPLIT/CLASS/.../FILE`` and the folder gives the split.
+* A labels table (CSV or Parquet) with a path column, a label column and optional
+  split and group columns; paths are relative to ``ROOT``.
+
+Files are recognised by their leading bytes, not by extension. Hidden files and
+folders (a name starting with ``.``), operating-system files such as ``Thumbs.db``,
+files whose bytes are not an image, and problem rows of a labels table are not
+dropped silently: each one is listed in :attr:`ScanResult.skipped` with a reason code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from imgprep.config import SourceSettings
+from imgprep.decode import SNIFF_BYTES, sniff_format
+from imgprep.errors import SourceError
+from imgprep.paths import display_path
+from imgprep.split import normalize_split_name
+
+__all__ = [
+    "Candidate",
+    "KnownFile",
+    "ScanResult",
+    "natural_class_order",
+    "scan_source",
+]
+
+logger = logging.getLogger(__name__)
+
+SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "icon\r"})
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One file that the ingest step will use or decode.
+
+    ``path`` is relative to the source root with ``/`` separators and may hold
+    surrogate escapes for file names that are not valid UTF-8; ``key`` is the same
+    path made printable, which is what records and tables store.
+    """
+
+    path: str
+    key: str
+    label: str
+    size: int
+    mtime_ns: int
+    source_split: str | None = None
+    group: str | None = None
+    row: int | None = None
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """What an earlier version recorded for a file with this size and mtime."""
+
+    size: int
+    mtime_ns: int
+    status: str
+    reason: str | None = None
+
+
+@dataclass
+class ScanResult:
+    """Candidates and skipped entries of one source scan."""
+
+    layout: str
+    root: str
+    candidates: list[Candidate] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    empty_classes: list[str] = field(default_factory=list)
+    label_warnings: list[str] = field(default_factory=list)
+    has_source_split: bool = False
+    files_seen: int = 0
+
+    @property
+    def classes(self) -> list[str]:
+        """Sorted class names that have at least one candidate file."""
+        return natural_class_order({c.label for c in self.candidates})
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        return dict(sorted(Counter(item["reason"] for item in self.skipped).items()))
+
+
+def natural_class_order(names: set[str] | list[str]) -> list[str]:
+    """Sort class names, numerically when every name is an integer."""
+    names = list(set(names))
+    if names and all(name.strip().lstrip("-").isdigit() for name in names):
+        return sorted(names, key=lambda name: (int(name), name))
+    return sorted(names)
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _skip(
+    result: ScanResult, path: str, reason: str, message: str, **extra: Any
+) -> None:
+    entry = {"path": display_path(path), "reason": reason, "message": message}
+    entry.update(extra)
+    result.skipped.append(entry)
+
+
+def _sniff(absolute: str) -> tuple[str | None, str | None]:
+    """Return (format, error) from a file's leading bytes."""
+    try:
+        with open(absolute, "rb") as handle:
+            prefix = handle.read(SNIFF_BYTES)
+    except OSError as error:
+        return None, f"{type(error).__name__}: {error.strerror or error}"
+    return sniff_format(prefix, os.path.basename(absolute)), None
+
+
+def _walk_files(
+    top: str,
+    relative_to: str,
+    settings: SourceSettings,
+    result: ScanResult,
+    real_root: str,
+) -> Iterator[tuple[str, os.stat_result]]:
+    """Yield (relative path, stat) of the regular files below ``top``, sorted.
+
+    Hidden entries, symbolic links (unless followed) and links that resolve outside
+    the root are recorded as skipped.
+    """
+    visited: set[tuple[int, int]] = set()
+    stack = [top]
+    while stack:
+        directory = stack.pop()
+        try:
+            info = os.stat(directory)
+        except OSError as error:
+            rel = os.path.relpath(directory, relative_to)
+            _skip(result, rel + "/", "unreadable", str(error))
+            continue
+        if (info.st_dev, info.st_ino) in visited:
+            continue
+        visited.add((info.st_dev, info.st_ino))
+        try:
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except OSError as error:
+            rel = os.path.relpath(directory, relative_to)
+            _skip(result, rel + "/", "unreadable", f"cannot list folder: {error}")
+            continue
+        subdirectories = []
+        for entry in entries:
+            rel = os.path.relpath(entry.path, relative_to).replace(os.sep, "/")
+            if _is_hidden(entry.name):
+                kind = "folder" if entry.is_dir(follow_symlinks=False) else "file"
+                _skip(
+                    result,
+                    rel + ("/" if kind == "folder" else ""),
+                    "hidden",
+                    f"hidden {kind} skipped",
+                )
+                continue
+            try:
+                is_link = entry.is_symlink()
+                if is_link:
+                    if not settings.follow_symlinks:
+                        _skip(
+                            result,
+                            rel,
+                            "symlink",
+                            "symbolic link not followed; set "
+                            "source.follow_symlinks: true to follow links",
+                        )
+                        continue
+                    target = os.path.realpath(entry.path)
+                    if not _inside(target, real_root):
+                        _skip(
+                            result,
+                            rel,
+                            "outside_root",
+                            f"symbolic link resolves outside the source root: {target}",
+                        )
+                        continue
+                entry_stat = entry.stat(follow_symlinks=True)
+            except OSError as error:
+                _skip(result, rel, "unreadable", str(error))
+                continue
+            if stat.S_ISDIR(entry_stat.st_mode):
+                subdirectories.append(entry.path)
+            elif stat.S_ISREG(entry_stat.st_mode):
+                yield rel, entry_stat
+            else:
+                _skip(result, rel, "not_a_file", "not a regular file")
+        stack.extend(reversed(subdirectories))
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _classify_file(
+    root: str,
+    rel: str,
+    file_stat: os.stat_result,
+    settings: SourceSettings,
+    known: Mapping[str, KnownFile],
+    result: ScanResult,
+) -> bool:
+    """Return True when the file is a candidate image; record it as skipped if not."""
+    name = rel.rsplit("/", 1)[-1]
+    result.files_seen += 1
+    if name.lower() in SYSTEM_FILES:
+        _skip(result, rel, "system_file", "operating-system file skipped")
+        return False
+    if "." not in name.strip(".") and settings.extensionless == "skip":
+        _skip(
+            result,
+            rel,
+            "no_extension",
+            "file without an extension skipped; set source.extensionless: sniff "
+            "to decode such files when their bytes are an image",
+        )
+        return False
+    previous = known.get(display_path(rel))
+    if (
+        previous is not None
+        and previous.size == file_stat.st_size
+        and previous.mtime_ns == file_stat.st_mtime_ns
+    ):
+        if previous.status == "skipped":
+            _skip(
+                result,
+                rel,
+                previous.reason or "not_an_image",
+                "unchanged since the previous version, which skipped it",
+            )
+            return False
+        return True
+    if file_stat.st_size == 0:
+        return True  # decoding reports it as empty, with the reason code
+    fmt, error = _sniff(os.path.join(root, rel))
+    if error is not None:
+        _skip(result, rel, "unreadable", error)
+        return False
+    if fmt is None:
+        _skip(result, rel, "not_an_image", "leading bytes are not a known image format")
+        return False
+    return True
+
+
+def _scan_folder(
+    root: str, settings: SourceSettings, known: Mapping[str, KnownFile]
+) -> ScanResult:
+    result = ScanResult(layout="folder", root=root)
+    real_root = os.path.realpath(root)
+    try:
+        top_entries = sorted(os.scandir(root), key=lambda entry: entry.name)
+    except OSError as error:
+        raise SourceError(f"cannot list source root {root}: {error}") from None
+    top_dirs = [
+        entry
+        for entry in top_entries
+        if not _is_hidden(entry.name)
+        and entry.is_dir(follow_symlinks=settings.follow_symlinks)
+    ]
+    split_dirs = {
+        entry.name: normalize_split_name(entry.name)
+        for entry in top_dirs
+        if normalize_split_name(entry.name) is not None
+    }
+    split_layout = bool(top_dirs) and len(split_dirs) == len(top_dirs)
+    result.has_source_split = split_layout
+
+    # Files directly under the root (or under a split folder) belong to no class.
+    for entry in top_entries:
+        if _is_hidden(entry.name):
+            kind = "folder" if entry.is_dir(follow_symlinks=False) else "file"
+            _skip(
+                result,
+                entry.name + ("/" if kind == "folder" else ""),
+                "hidden",
+                f"hidden {kind} skipped",
+            )
+        elif not entry.is_dir(follow_symlinks=settings.follow_symlinks):
+            result.files_seen += 1
+            _skip(
+                result,
+                entry.name,
+                "no_class_folder",
+                "file is not inside a class folder",
+            )
+
+    class_dirs: list[tuple[str | None, str, str]] = []  # (split, class, path)
+    if split_layout:
+        for entry in top_dirs:
+            split = split_dirs[entry.name]
+            for child in sorted(os.scandir(entry.path), key=lambda e: e.name):
+                rel = f"{entry.name}/{child.name}"
+                if _is_hidden(child.name):
+                    kind = "folder" if child.is_dir(follow_symlinks=False) else "file"
+                    _skip(
+                        result,
+                        rel + ("/" if kind == "folder" else ""),
+                        "hidden",
+                        f"hidden {kind} skipped",
+                    )
+                elif child.is_dir(follow_symlinks=settings.follow_symlinks):
+                    class_dirs.append((split, child.name, child.path))
+                else:
+                    result.files_seen += 1
+                    _skip(
+                        result,
+                        rel,
+                        "no_class_folder",
+                        "file is not inside a class folder",
+                    )
+    else:
+        class_dirs = [(None, entry.name, entry.path) for entry in top_dirs]
+
+    per_class: Counter[str] = Counter()
+    folder_names: set[str] = set()
+    for split, label, directory in class_dirs:
+        folder_names.add(label)
+        for rel, file_stat in _walk_files(directory, root, settings, result, real_root):
+            if _classify_file(root, rel, file_stat, settings, known, result):
+                per_class[label] += 1
+                result.candidates.append(
+                    Candidate(
+                        path=rel,
+                        key=display_path(rel),
+                        label=label,
+                        size=file_stat.st_size,
+                        mtime_ns=file_stat.st_mtime_ns,
+                        source_split=split,
+                    )
+                )
+    result.empty_classes = sorted(name for name in folder_names if per_class[name] == 0)
+    result.candidates.sort(key=lambda candidate: candidate.key)
+    return result
+
+
+def _read_table(path: str) -> list[dict[str, Any]]:
+    import pandas as pd
+
+    lower = path.lower()
+    try:
+        if lower.endswith((".parquet", ".pq")):
+            frame = pd.read_parquet(path)
+            frame = frame.astype(object).where(frame.notna(), None)
+        elif lower.endswith((".csv", ".tsv", ".txt")):
+            frame = pd.read_csv(
+                path,
+                dtype=str,
+                keep_default_na=False,
+                encoding="utf-8-sig",
+                sep="\t" if lower.endswith(".tsv") else ",",
+                skipinitialspace=False,
+            )
+        else:
+            raise SourceError(
+                f"labels table {path} has an unknown extension; use .csv, .tsv or "
+                ".parquet"
+            )
+    except FileNotFoundError:
+        raise SourceError(f"labels table not found: {path}") from None
+    except UnicodeDecodeError as error:
+        raise SourceError(
+            f"labels table {path} is not valid UTF-8 ({error}); save it as UTF-8"
+        ) from None
+    except (ValueError, OSError) as error:
+        if isinstance(error, SourceError):
+            raise
+        raise SourceError(f"cannot read labels table {path}: {error}") from None
+    return frame.to_dict("records")
+
+
+def _cell(row: Mapping[str, Any], column: str | None) -> str | None:
+    if column is None or column not in row:
+        return None
+    value = row[column]
+    if value is None:
+        return None
+    return str(value)
+
+
+def _normalize_label(label: str, settings: SourceSettings) -> str:
+    if settings.label_normalization.strip:
+        label = label.strip()
+    if settings.label_normalization.case == "lower":
+        label = label.lower()
+    elif settings.label_normalization.case == "upper":
+        label = label.upper()
+    return label
+
+
+def _table_path(raw: str) -> tuple[str | None, str | None]:
+    """Return (relative POSIX path, None) or (None, reason) for a table path cell."""
+    text = raw.strip().replace("\\", "/")
+    if not text:
+        return None, "blank_path"
+    if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
+        return None, "outside_root"
+    parts = [part for part in PurePosixPath(text).parts if part not in ("", ".")]
+    if any(part == ".." for part in parts):
+        return None, "outside_root"
+    if not parts:
+        return None, "blank_path"
+    return "/".join(parts), None
+
+
+def _scan_table(
+    root: str, settings: SourceSettings, known: Mapping[str, KnownFile]
+) -> ScanResult:
+    del known  # a table names its files; nothing is sniffed, so nothing is reused
+    assert settings.labels is not None
+    result = ScanResult(layout="table", root=root)
+    rows = _read_table(settings.labels)
+    columns = settings.columns
+    available = list(rows[0].keys()) if rows else []
+    for required in (columns.path, columns.label):
+        if rows and required not in rows[0]:
+            raise SourceError(
+                f"labels table {settings.labels} has no column {required!r} "
+                f"(columns: {available}); set source.columns to the right names"
+            )
+    split_column = columns.split if rows and columns.split in rows[0] else None
+    group_column = columns.group if rows and columns.group in rows[0] else None
+    result.has_source_split = split_column is not None
+    real_root = os.path.realpath(root)
+
+    by_path: dict[str, list[tuple[int, str, str | None, str | None]]] = defaultdict(
+        list
+    )
+    for index, row in enumerate(rows, start=1):
+        raw_path = _cell(row, columns.path) or ""
+        raw_label = _cell(row, columns.label) or ""
+        rel, reason = _table_path(raw_path)
+        if reason is not None:
+            message = {
+                "blank_path": "path cell is blank",
+                "outside_root": "path is absolute or contains '..'; table paths must "
+                "be relative to source.root",
+            }[reason]
+            _skip(result, raw_path, reason, message, row=index)
+            continue
+        label = _normalize_label(raw_label, settings)
+        if not label.strip():
+            _skip(
+                result,
+                rel,
+                "blank_label",
+                f"label cell is blank ({raw_label!r})",
+                row=index,
+            )
+            continue
+        split_value = _cell(row, split_column)
+        source_split = None
+        if split_value is not None and split_value.strip():
+            source_split = normalize_split_name(split_value)
+            if source_split is None:
+                _skip(
+                    result,
+                    rel,
+                    "invalid_split",
+                    f"split {split_value!r} is not train, val or test",
+                    row=index,
+                )
+                continue
+        group = _cell(row, group_column)
+        group = group.strip() if group and group.strip() else None
+        by_path[rel].append((index, label, source_split, group))
+
+    for rel in sorted(by_path):
+        entries = by_path[rel]
+        labels = {label for _, label, _, _ in entries}
+        splits = {split for _, _, split, _ in entries}
+        if len(labels) > 1 or len(splits) > 1:
+            what = "labels" if len(labels) > 1 else "splits"
+            for index, label, split, _ in entries:
+                _skip(
+                    result,
+                    rel,
+                    f"conflicting_{'label' if what == 'labels' else 'split'}",
+                    f"path appears in rows {[e[0] for e in entries]} with different "
+                    f"{what}: {sorted(labels if what == 'labels' else map(str, splits))}",
+                    row=index,
+                    label=label,
+                )
+            continue
+        index, label, source_split, group = entries[0]
+        for duplicate_index, *_ in entries[1:]:
+            _skip(
+                result,
+                rel,
+                "duplicate_row",
+                f"same path and label as row {index}",
+                row=duplicate_index,
+            )
+        absolute = os.path.join(root, rel)
+        result.files_seen += 1
+        if not settings.follow_symlinks and _has_symlink(root, rel):
+            _skip(
+                result,
+                rel,
+                "symlink",
+                "path goes through a symbolic link, which is not followed; set "
+                "source.follow_symlinks: true to follow links",
+                row=index,
+            )
+            continue
+        if not _inside(os.path.realpath(absolute), real_root):
+            _skip(
+                result,
+                rel,
+                "outside_root",
+                f"path resolves outside the source root: {os.path.realpath(absolute)}",
+                row=index,
+            )
+            continue
+        try:
+            file_stat = os.stat(absolute)
+        except FileNotFoundError:
+            _skip(result, rel, "missing_file", f"file not found: {absolute}", row=index)
+            continue
+        except OSError as error:
+            _skip(result, rel, "unreadable", str(error), row=index)
+            continue
+        if not stat.S_ISREG(file_stat.st_mode):
+            _skip(result, rel, "not_a_file", "not a regular file", row=index)
+            continue
+        result.candidates.append(
+            Candidate(
+                path=rel,
+                key=display_path(rel),
+                label=label,
+                size=file_stat.st_size,
+                mtime_ns=file_stat.st_mtime_ns,
+                source_split=source_split,
+                group=group,
+                row=index,
+            )
+        )
+
+    folded: dict[str, set[str]] = defaultdict(set)
+    for candidate in result.candidates:
+        folded[candidate.label.strip().casefold()].add(candidate.label)
+    for variants in folded.values():
+        if len(variants) > 1:
+            result.label_warnings.append(
+                f"labels {sorted(variants)} differ only by case or surrounding "
+                "whitespace and are kept as separate classes; set "
+                "source.label_normalization to merge them"
+            )
+    result.candidates.sort(key=lambda candidate: candidate.key)
+    return result
+
+
+def _has_symlink(root: str, rel: str) -> bool:
+    current = root
+    for part in rel.split("/"):
+        current = os.path.join(current, part)
+        if os.path.islink(current):
+            return True
+    return False
+
+
+def scan_source(
+    settings: SourceSettings, known: Mapping[str, KnownFile] | None = None
+) -> ScanResult:
+    """Scan the configured source and return its candidate files.
+
+    Parameters
+    ----------
+    settings : SourceSettings
+        The source section of the config, with absolute paths.
+    known : mapping, optional
+        Files recorded by the parent version, keyed by printable path. A file whose
+        size and mtime match is not read again.
+
+    Raises
+    ------
+    SourceError
+        When the root is missing or not a folder, or the labels table cannot be read.
+    """
+    root = settings.root
+    if not os.path.exists(root):
+        raise SourceError(
+            f"source root not found: {root}; set source.root to the image folder"
+        )
+    if not os.path.isdir(root):
+        raise SourceError(f"source root is not a folder: {root}")
+    known = known or {}
+    if settings.labels:
+        result = _scan_table(root, settings, known)
+    else:
+        result = _scan_folder(root, settings, known)
+    logger.info(
+        "scanned %s: %d candidate files in %d classes, %d skipped",
+        Path(root),
+        len(result.candidates),
+        len(result.classes),
+        len(result.skipped),
+    )
+    return result
