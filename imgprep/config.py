@@ -241,9 +241,7 @@ class SplitSettings(_Settings):
     def _check_fractions(cls, value: dict[str, float]) -> dict[str, float]:
         for name, fraction in value.items():
             if not 0.0 <= fraction <= 1.0:
-                raise ValueError(
-                    f"split fraction {name}={fraction} is outside 0..1"
-                )
+                raise ValueError(f"split fraction {name}={fraction} is outside 0..1")
         total = sum(value.values())
         if abs(total - 1.0) > 1e-9:
             raise ValueError(
@@ -275,9 +273,9 @@ class ProfileSettings(_Settings):
 
 
 class NormalizeSettings(_Settings):
-    method: Literal["minmax", "zscore", "robust", "per_image_minmax", "per_image_zscore"] = (
-        Field("zscore", description="Normalization method.")
-    )
+    method: Literal[
+        "minmax", "zscore", "robust", "per_image_minmax", "per_image_zscore"
+    ] = Field("zscore", description="Normalization method.")
     minmax_range: Literal["0_1", "-1_1"] = Field(
         "0_1", description="Output range of minmax and robust scaling."
     )
@@ -525,7 +523,9 @@ def load_config(
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as error:
-            raise ConfigError(f"config file {file} is not valid YAML: {error}") from None
+            raise ConfigError(
+                f"config file {file} is not valid YAML: {error}"
+            ) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

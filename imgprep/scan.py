@@ -484,7 +484,7 @@ def _scan_table(
         splits = {split for _, _, split, _ in entries}
         if len(labels) > 1 or len(splits) > 1:
             what = "labels" if len(labels) > 1 else "splits"
-            for index, label, split, _ in entries:
+            for index, label, _, _ in entries:
                 _skip(
                     result,
                     rel,

@@ -38,7 +38,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -388,6 +388,12 @@ class Store:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
         finally:
             handle.close()
+
+    def clear_chunk_cache(self, keys: Iterable[str]) -> None:
+        """Remove the resume records of chunks whose shards a version now holds."""
+        for key in keys:
+            with contextlib.suppress(OSError):
+                (self.root / "cache" / "chunks" / f"{key}.json").unlink()
 
     # ------------------------------------------------------------ maintenance
     def temp_files(self) -> list[Path]:

@@ -1,0 +1,200 @@
+"""The main flow: prepare an image dataset as a new version of its store."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from prefect import flow
+from prefect.context import get_run_context
+from prefect.futures import as_completed
+from prefect.logging import get_run_logger
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from imgprep import progress
+from imgprep.config import PrepareConfig
+from imgprep.executors import cpu_count, process_pool
+from imgprep.faults import crash_point
+from imgprep.store import Store
+from tasks.ingest import ingest_chunk, load_parent_state, plan_source, scan_source_files
+from tasks.manifest import write_version
+from tasks.normalize import fit_normalization_stats
+from tasks.profile import profile_class_balance
+from tasks.resample import check_sampling_request, resample_train_split
+from tasks.shards import assemble_version_samples, write_normalized
+
+__all__ = ["prepare_dataset"]
+
+
+@contextlib.contextmanager
+def _chunk_runner(config: PrepareConfig) -> Iterator[TaskRunner]:
+    """Open the task runner that runs ingest chunks, as the config asks."""
+    runner = config.runner
+    workers = runner.workers or cpu_count()
+    if runner.type == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if runner.address:
+            task_runner = DaskTaskRunner(address=runner.address)
+        else:
+            task_runner = DaskTaskRunner(
+                cluster_kwargs={
+                    "n_workers": workers,
+                    "threads_per_worker": 1,
+                    "processes": True,
+                    "dashboard_address": "127.0.0.1:0",
+                    "host": "127.0.0.1",
+                }
+            )
+        with task_runner:
+            yield task_runner
+    elif runner.type == "process":
+        with process_pool(workers), ThreadPoolTaskRunner(max_workers=workers) as pool:
+            yield pool
+    else:
+        with ThreadPoolTaskRunner(max_workers=workers) as pool:
+            yield pool
+
+
+def _flow_run_id() -> str | None:
+    try:
+        context = get_run_context()
+    except RuntimeError:
+        return None
+    run = getattr(context, "flow_run", None)
+    return str(run.id) if run is not None else None
+
+
+@flow(name="prepare-dataset", log_prints=False, validate_parameters=True)
+def prepare_dataset(config: PrepareConfig, rehash: bool = False) -> dict[str, Any]:
+    """Prepare an image dataset: ingest, profile, fit, resample, write a version.
+
+    Args:
+        config: The run's configuration; see config/default.yaml for every key.
+        rehash: Read every source file again and compare its sha256 with the
+            recorded sample id, instead of trusting unchanged size and mtime.
+
+    Returns:
+        A summary with the version number, its folder and the run's counters.
+    """
+    logger = get_run_logger()
+    config = config.resolved()
+    store = Store(config.output.store)
+    store.ensure()
+    logger.info(
+        "preparing %s from %s into %s",
+        config.dataset.name,
+        config.source.root,
+        store.root,
+    )
+    with store.lock(config.output.lock_timeout_s):
+        progress.step("scan")
+        parent = load_parent_state(str(store.root))
+        scan = scan_source_files(config, parent)
+        crash_point("scan_done")
+        plan = plan_source(scan, parent, rehash)
+        classes = scan.classes
+        check_sampling_request(config, scan)
+
+        progress.step("decode")
+        progress.start(len(plan.decode))
+        chunks = []
+        batches = plan.chunks(config.ingest.chunk_size)
+        if batches:
+            with _chunk_runner(config) as runner:
+                futures = [
+                    runner.submit(
+                        ingest_chunk,
+                        {
+                            "items": batch,
+                            "root": config.source.root,
+                            "config": config,
+                            "class_names": classes,
+                            "store_root": str(store.root),
+                            "expected_ids": {
+                                c.key: plan.expected_ids[c.key]
+                                for c in batch
+                                if c.key in plan.expected_ids
+                            },
+                        },
+                    )
+                    for batch in batches
+                ]
+                for future in as_completed(futures):
+                    result = future.result()
+                    progress.advance(
+                        len(result.records)
+                        + len(result.quarantined)
+                        + len(result.unchanged)
+                    )
+                chunks = [future.result() for future in futures]
+
+        progress.step("assemble")
+        assembled = assemble_version_samples(
+            config, scan, plan, parent, chunks, classes
+        )
+
+        progress.step("normalize")
+        params, normalization, histogram_png = fit_normalization_stats(
+            config, assembled.histograms, sum(assembled.counts["train"].values())
+        )
+
+        progress.step("resample")
+        samples = assembled.samples()
+        resampled = resample_train_split(
+            config, samples, assembled.shards, assembled.classes
+        )
+        crash_point("resample_done")
+
+        version = (store.latest() or 0) + 1
+        progress.step("profile")
+        profile, balance_png = profile_class_balance(
+            config, assembled.classes, assembled.counts, resampled.counts_after, version
+        )
+        normalized = []
+        if config.normalize.apply == "on_write":
+            normalized = write_normalized(
+                config,
+                [*assembled.shards, *resampled.synthetic_shards],
+                assembled.classes,
+                params,
+            )
+        files = {
+            "class_balance.png": balance_png,
+            "channel_histograms.png": histogram_png,
+        }
+
+        progress.step("write")
+        manifest = write_version(
+            config=config,
+            version=version,
+            parent=parent.version if parent else None,
+            flow_run_id=_flow_run_id(),
+            layout=scan.layout,
+            empty_classes=scan.empty_classes,
+            label_warnings=scan.label_warnings,
+            assembled=assembled,
+            resampled=resampled,
+            normalization=normalization,
+            profile=profile,
+            files=files,
+            normalized_shards=normalized,
+            chunk_keys=[chunk.key for chunk in chunks],
+        )
+    location = store.version_dir(version)
+    logger.info(
+        "version %d of %s is at %s: %d samples, %d quarantined",
+        version,
+        config.dataset.name,
+        location,
+        manifest["source"]["ingested"],
+        manifest["source"]["quarantined"],
+    )
+    return {
+        "version": version,
+        "path": str(location),
+        "store": str(store.root),
+        "refresh": manifest["refresh"],
+        "counts": manifest["counts"],
+    }
