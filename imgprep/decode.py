@@ -267,6 +267,26 @@ def decode_image(data: bytes, settings: ImageSettings) -> DecodedImage:
         raise _quarantine_for(error) from error
 
 
+# Signatures of the formats most datasets consist of. No other Pillow format starts
+# with these bytes, so the scan names them without parsing a header; decode_image
+# still decides from the whole file (a JPEG signature may turn out to be MPO).
+_COMMON_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+)
+
+
+def _common_format(prefix: bytes) -> str | None:
+    for signature, format_name in _COMMON_SIGNATURES:
+        if prefix.startswith(signature):
+            return format_name
+    if prefix[:4] == b"RIFF" and prefix[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
 def sniff_format(prefix: bytes, name: str = "") -> str | None:
     """Return the Pillow format that the first bytes of a file identify.
 
@@ -291,10 +311,14 @@ def sniff_format(prefix: bytes, name: str = "") -> str | None:
     Returns
     -------
     str or None
-        A Pillow format name such as ``"JPEG"``, ``"MPO"`` or ``"PNG"``. None when no
+        A Pillow format name such as ``"JPEG"`` or ``"PNG"``; files that start with
+        the JPEG signature give ``"JPEG"``, MPO included. None when no
         plugin claims the bytes. A truncated or corrupt file of a known format still
         gives that format's name, and :func:`decode_image` then rejects it.
     """
+    common = _common_format(prefix)
+    if common is not None:
+        return common
     Image.init()
     head = prefix[:_ACCEPT_PREFIX_BYTES]
     candidates = [
