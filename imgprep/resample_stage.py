@@ -30,7 +30,6 @@ from imgprep.resampling import (
     check_sampling_strategy,
     interpolate_pixels,
     resample,
-    thumbnail_features,
 )
 from imgprep.shards import ShardRows, read_shard
 from imgprep.store import Store
@@ -93,34 +92,28 @@ def _features(
     train: Sequence[dict[str, Any]],
     config: PrepareConfig,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    settings = config.resample.features
+    """Return the reduced features of the training rows and their description.
+
+    Thumbnails are computed shard by shard, so only one shard's pixels are held
+    at a time.
+    """
+    reducer = FeatureReducer.from_settings(
+        config.resample.features, seed=config.resample.seed
+    )
     position = {sample["sample_id"]: i for i, sample in enumerate(train)}
     by_shard: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for sample in train:
         by_shard[sample["shard"]].append(sample)
-    features: np.ndarray | None = None
+    thumbnails: np.ndarray | None = None
     for path, members in by_shard.items():
         rows = reader.read(path)
-        picks = [member["shard_row"] for member in members]
-        pixels = rows.pixels[picks]
-        if settings.kind == "pixels":
-            block = pixels.reshape(len(picks), -1).astype(np.float32)
-        else:
-            block = thumbnail_features(pixels, settings.thumbnail_size)
-        if features is None:
-            features = np.empty((len(train), block.shape[1]), dtype=np.float32)
-        features[[position[m["sample_id"]] for m in members]] = block
-    assert features is not None
-    if settings.kind == "pixels":
-        return features.astype(np.float64), {
-            "kind": "pixels",
-            "dimensions": int(features.shape[1]),
-        }
-    reducer = FeatureReducer(settings.pca_components, random_state=config.resample.seed)
-    reduced = reducer.fit_transform(features)
-    description = {"kind": "thumbnail", "thumbnail_size": settings.thumbnail_size}
-    description.update(reducer.describe())
-    return np.asarray(reduced, dtype=np.float64), description
+        block = reducer.thumbnails(rows.pixels[[m["shard_row"] for m in members]])
+        if thumbnails is None:
+            thumbnails = np.empty((len(train), block.shape[1]), dtype=np.float32)
+        thumbnails[[position[m["sample_id"]] for m in members]] = block
+    assert thumbnails is not None
+    reduced = reducer.fit_transform(thumbnails)
+    return np.asarray(reduced, dtype=np.float64), reducer.describe()
 
 
 def resample_training(
