@@ -133,6 +133,7 @@ __all__ = [
     "SNIFF_BYTES",
     "DecodedImage",
     "decode_image",
+    "opened_format_for_name",
     "sniff_format",
     "time_limit",
 ]
@@ -293,12 +294,14 @@ def sniff_format(prefix: bytes, name: str = "") -> str | None:
     The plugins whose magic-number check accepts the first 16 bytes are tried in
     Pillow's search order, as :func:`PIL.Image.open` does. The first one whose header
     parser does not reject the prefix as another format is returned. When every
-    accepting plugin rejects it, a format without a magic number that the file name's
-    extension names, and whose header parses, is returned. When that fails too and
-    the prefix is the whole file, the result is None. For a longer file it is the
-    first accepting plugin, because a header that runs past the prefix cannot be
-    checked. Such a file can get the name of a format whose magic number it shares:
-    an uncompressed TGA without a ``.tga`` name gives ``"CUR"``.
+    accepting plugin rejects it, the formats without a magic number are tried: the
+    one the file name's extension names, then those Pillow registers no extension
+    for (IMT and SPIDER in Pillow 13), which :func:`PIL.Image.open` tries on every
+    file. The first whose header parses is returned. When that fails too and the
+    prefix is the whole file, the result is None. For a longer file it is the first
+    accepting plugin, because a header that runs past the prefix cannot be checked.
+    Such a file can get the name of a format whose magic number it shares: an
+    uncompressed TGA without a ``.tga`` name gives ``"CUR"``.
 
     Parameters
     ----------
@@ -328,9 +331,9 @@ def sniff_format(prefix: bytes, name: str = "") -> str | None:
         parsed = _parse_header(format_name, prefix, name)
         if parsed is not None:
             return parsed
-    by_extension = _sniff_by_extension(prefix, name)
-    if by_extension is not None:
-        return by_extension
+    without_magic = _sniff_without_magic(prefix, name)
+    if without_magic is not None:
+        return without_magic
     if not candidates or len(prefix) < SNIFF_BYTES:
         return None
     return candidates[0]
@@ -1038,18 +1041,47 @@ def _parse_header(format_name: str, prefix: bytes, name: str) -> str | None:
     return image.format or format_name
 
 
-def _sniff_by_extension(prefix: bytes, name: str) -> str | None:
+def opened_format_for_name(name: str) -> str | None:
+    """Return the format Pillow registers for the name's extension, or None.
+
+    The result is None for an extension of a format that Pillow can only write,
+    such as ``.pdf``.
+    """
     extension = os.path.splitext(name)[1].lower()
     format_name = Image.registered_extensions().get(extension) if extension else None
-    # Formats that Pillow can only write, such as PDF, have no OPEN entry.
-    factory, accept = Image.OPEN.get(format_name or "", (None, None))
-    if factory is None or accept is not None:
+    if format_name is None or format_name not in Image.OPEN:
         return None
-    try:
-        with _captured_warnings():
-            image = factory(io.BytesIO(prefix), name)
-    except (MemoryError, Quarantined):
-        raise
-    except Exception:  # the header does not parse as this format
-        return None
-    return image.format or format_name
+    return format_name
+
+
+def _sniff_without_magic(prefix: bytes, name: str) -> str | None:
+    """Return the format without a magic number whose header parses, or None."""
+    named = opened_format_for_name(name)
+    tried = [named] if named is not None and Image.OPEN[named][1] is None else []
+    tried.extend(
+        format_name
+        for format_name in _formats_without_extension()
+        if format_name not in tried
+    )
+    for format_name in tried:
+        factory = Image.OPEN[format_name][0]
+        try:
+            with _captured_warnings():
+                image = factory(io.BytesIO(prefix), name)
+        except (MemoryError, Quarantined):
+            raise
+        except Exception:  # the header does not parse as this format
+            continue
+        return image.format or format_name
+    return None
+
+
+def _formats_without_extension() -> list[str]:
+    """Return the formats without a magic number and without a file extension."""
+    Image.init()
+    with_extension = set(Image.registered_extensions().values())
+    return [
+        format_name
+        for format_name in Image.ID
+        if Image.OPEN[format_name][1] is None and format_name not in with_extension
+    ]

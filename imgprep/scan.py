@@ -12,6 +12,11 @@ Files are recognised by their leading bytes, not by extension. Hidden files and
 folders (a name starting with ``.``), operating-system files such as ``Thumbs.db``,
 files whose bytes are not an image, and problem rows of a labels table are not
 dropped silently: each one is listed in :attr:`ScanResult.skipped` with a reason code.
+The exception is a file whose bytes no format recognises but whose extension names
+a format Pillow opens (``.jpg``, ``.png``...). It stays a candidate, so decoding
+quarantines it as ``not_an_image`` and it counts towards
+``ingest.max_rejected_fraction``, as an HTML error page saved as ``photo.jpg``
+should.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from imgprep.config import SourceSettings
-from imgprep.decode import SNIFF_BYTES, sniff_format
+from imgprep.decode import SNIFF_BYTES, opened_format_for_name, sniff_format
 from imgprep.errors import SourceError
 from imgprep.paths import display_path
 from imgprep.split import normalize_split_name
@@ -251,6 +256,8 @@ def _classify_file(
         _skip(result, rel, "unreadable", error)
         return False
     if fmt is None:
+        if opened_format_for_name(name) is not None:
+            return True  # the name claims an image; decoding quarantines it
         _skip(result, rel, "not_an_image", "leading bytes are not a known image format")
         return False
     return True
