@@ -213,6 +213,13 @@ class IngestSettings(_Settings):
         description="Fail the run when more than this fraction of candidate files "
         "is quarantined.",
     )
+    duplicates: Literal["keep", "drop"] = Field(
+        "keep",
+        description="Files with identical bytes (the same sample id): `keep` ingests "
+        "every copy as its own sample, in the same split, and lists the groups in the "
+        "manifest; `drop` keeps the first path of each group and lists the others as "
+        "duplicates, quarantining every copy when their labels differ.",
+    )
     decode_timeout_s: float = Field(
         60.0,
         gt=0,

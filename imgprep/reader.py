@@ -58,7 +58,7 @@ class DatasetVersion:
     def __init__(self, store: Store, manifest: Manifest) -> None:
         self.store = store
         self.manifest = manifest
-        self._lineage: dict[str, tuple[int, float]] | None = None
+        self._lineage: dict[tuple[str, int], tuple[int, float]] | None = None
 
     @property
     def version(self) -> int:
@@ -86,15 +86,20 @@ class DatasetVersion:
         counts = self.manifest.counts["after" if resampled else "before"]
         return int(sum(counts[split].values()))
 
-    def _lineage_counts(self) -> dict[str, tuple[int, float]]:
-        """Map each original training sample to (times it appears, weight)."""
+    def _lineage_counts(self) -> dict[tuple[str, int], tuple[int, float]]:
+        """Map each original training row, by (shard, row), to (times, weight).
+
+        Rows are located by shard and row rather than by sample id, because files
+        with identical bytes share a sample id but are separate rows.
+        """
         if self._lineage is None:
-            lineage: dict[str, tuple[int, float]] = {}
+            lineage: dict[tuple[str, int], tuple[int, float]] = {}
             for row in read_object_table(self.store, self.manifest, "lineage"):
                 if row["origin"] == "synthetic":
                     continue
-                count, weight = lineage.get(row["sample_id"], (0, row["weight"]))
-                lineage[row["sample_id"]] = (count + int(row["count"]), row["weight"])
+                where = (row["shard"], int(row["shard_row"]))
+                count, _ = lineage.get(where, (0, row["weight"]))
+                lineage[where] = (count + int(row["count"]), row["weight"])
             self._lineage = lineage
         return self._lineage
 
@@ -117,7 +122,7 @@ class DatasetVersion:
             mask = np.asarray(rows.splits) == split
             index = np.flatnonzero(mask)
             if expand:
-                info = [lineage.get(rows.sample_ids[i], (1, 1.0)) for i in index]
+                info = [lineage.get((entry.path, int(i)), (1, 1.0)) for i in index]
                 repeats = np.array([count for count, _ in info], dtype=np.int64)
                 weights = np.array([weight for _, weight in info], dtype=np.float32)
             else:

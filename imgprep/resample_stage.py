@@ -127,7 +127,8 @@ def resample_training(
     """Resample the training split and write synthetic shards and lineage rows."""
     settings = config.resample
     train = sorted(
-        (s for s in samples if s["split"] == "train"), key=lambda s: s["sample_id"]
+        (s for s in samples if s["split"] == "train"),
+        key=lambda s: (s["sample_id"], s["key"]),
     )
     labels = np.array([s["label"] for s in train], dtype=object)
     counts = {name: int(np.sum(labels == name)) for name in classes}
@@ -167,6 +168,8 @@ def resample_training(
                     "weight": weight,
                     "parents": [],
                     "reason": settings.method,
+                    "shard": sample["shard"],
+                    "shard_row": sample["shard_row"],
                 }
             )
             continue
@@ -180,6 +183,8 @@ def resample_training(
                     "count": repeats - 1,
                     "weight": weight,
                     "parents": [sample["sample_id"]],
+                    "shard": sample["shard"],
+                    "shard_row": sample["shard_row"],
                 }
             )
 

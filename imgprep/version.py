@@ -130,7 +130,21 @@ def source_summary(
     """Summarize the sources table for the manifest: counts, reasons and lists."""
     status = Counter(row["status"] for row in sources)
     quarantined = [row for row in sources if row["status"] == "quarantined"]
-    skipped = [row for row in sources if row["status"] in ("skipped", "duplicate")]
+    skipped = [row for row in sources if row["status"] == "skipped"]
+    dropped = [row for row in sources if row["status"] == "duplicate"]
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for row in sources:
+        if row["status"] in ("ingested", "duplicate"):
+            by_id.setdefault(row["sample_id"], []).append(row)
+    groups = [
+        {
+            "sample_id": sample_id,
+            "keys": sorted(row["key"] for row in rows),
+            "labels": sorted({row["label"] for row in rows}),
+        }
+        for sample_id, rows in sorted(by_id.items())
+        if len(rows) > 1
+    ]
 
     def entry(row: dict[str, Any]) -> dict[str, Any]:
         item = {
@@ -164,6 +178,9 @@ def source_summary(
         ),
         "quarantine": [entry(row) for row in quarantined],
         "skipped_files": [entry(row) for row in skipped],
+        "duplicate_files": [entry(row) for row in dropped],
+        "duplicate_groups": groups,
+        "conflicting_duplicate_groups": sum(1 for g in groups if len(g["labels"]) > 1),
         "empty_classes": list(empty_classes),
         "label_warnings": list(label_warnings),
         "formats": dict(
