@@ -162,12 +162,24 @@ def shard_schema(
     )
 
 
-def schema_metadata(schema: pa.Schema) -> dict[str, Any]:
+def schema_metadata(schema: pa.Schema, path: str | None = None) -> dict[str, Any]:
     """Return the ``imgprep`` metadata of a shard schema."""
     raw = (schema.metadata or {}).get(b"imgprep")
     if raw is None:
-        raise SchemaMismatchError("shard schema has no imgprep metadata", column="")
-    return json.loads(raw)
+        raise SchemaMismatchError(
+            f"shard {path or ''} has no imgprep schema metadata, so its pixel shape "
+            "and dtype are unknown",
+            path,
+            column="",
+        )
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise SchemaMismatchError(
+            f"shard {path or ''} has invalid imgprep schema metadata: {error}",
+            path,
+            column="",
+        ) from None
 
 
 def schema_description(schema: pa.Schema) -> dict[str, str]:
@@ -438,7 +450,7 @@ def read_shard(
             ) from None
         if expected_schema is not None:
             check_schema(table.schema, expected_schema, path)
-        meta = schema_metadata(table.schema)
+        meta = schema_metadata(table.schema, path)
         shape = meta["pixel_shape"]
         pixels = pixels_from_column(table.column("pixels"), shape, meta["pixel_dtype"])
         coefficients = table.column("coefficient").to_numpy(zero_copy_only=False)
