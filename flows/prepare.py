@@ -16,6 +16,7 @@ from imgprep import progress
 from imgprep.config import PrepareConfig
 from imgprep.executors import cpu_count, process_pool
 from imgprep.faults import crash_point
+from imgprep.scan import check_source
 from imgprep.store import Store
 from tasks.ingest import ingest_chunk, load_parent_state, plan_source, scan_source_files
 from tasks.manifest import write_version
@@ -80,6 +81,7 @@ def prepare_dataset(config: PrepareConfig, rehash: bool = False) -> dict[str, An
     """
     logger = get_run_logger()
     config = config.resolved()
+    check_source(config.source)
     store = Store(config.output.store)
     store.ensure()
     logger.info(

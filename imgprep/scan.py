@@ -38,6 +38,7 @@ from imgprep.split import normalize_split_name
 
 __all__ = [
     "Candidate",
+    "check_source",
     "KnownFile",
     "ScanResult",
     "natural_class_order",
@@ -579,6 +580,22 @@ def _has_symlink(root: str, rel: str) -> bool:
     return False
 
 
+def check_source(settings: SourceSettings) -> None:
+    """Raise SourceError unless the source root is a folder and the table exists."""
+    root = settings.root
+    if not os.path.exists(root):
+        raise SourceError(
+            f"source root not found: {root}; set source.root to the image folder"
+        )
+    if not os.path.isdir(root):
+        raise SourceError(f"source root is not a folder: {root}")
+    if settings.labels and not os.path.isfile(settings.labels):
+        raise SourceError(
+            f"labels table not found: {settings.labels}; set source.labels to a CSV "
+            "or Parquet file, or to null for the class-per-folder layout"
+        )
+
+
 def scan_source(
     settings: SourceSettings, known: Mapping[str, KnownFile] | None = None
 ) -> ScanResult:
@@ -597,13 +614,8 @@ def scan_source(
     SourceError
         When the root is missing or not a folder, or the labels table cannot be read.
     """
+    check_source(settings)
     root = settings.root
-    if not os.path.exists(root):
-        raise SourceError(
-            f"source root not found: {root}; set source.root to the image folder"
-        )
-    if not os.path.isdir(root):
-        raise SourceError(f"source root is not a folder: {root}")
     known = known or {}
     if settings.labels:
         result = _scan_table(root, settings, known)

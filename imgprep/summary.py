@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping
 from typing import Any
 
@@ -96,10 +97,22 @@ def summary_rows(manifest: Mapping[str, Any]) -> dict[str, list[list[str]]]:
     }
 
 
+def _markdown_cell(text: str) -> str:
+    """Escape text from data (class names, paths) for a Markdown table cell."""
+    text = html.escape(str(text), quote=False)
+    text = text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    for character in "\\`*_[]":
+        if character != "\\":
+            text = text.replace(character, "\\" + character)
+    return text
+
+
 def _markdown_table(rows: list[list[str]]) -> str:
     head, *body = rows
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
+    lines += [
+        "| " + " | ".join(_markdown_cell(cell) for cell in row) + " |" for row in body
+    ]
     return "\n".join(lines)
 
 
