@@ -158,6 +158,7 @@ class AssembleResult:
     refresh: dict[str, Any]
     added_ids: list[str]
     removed_ids: list[str]
+    duplicate_groups: list[dict[str, Any]] = field(default_factory=list)
 
     def samples(self) -> list[dict[str, Any]]:
         return [row for row in self.sources if row["status"] == "ingested"]
@@ -176,16 +177,34 @@ def _shard_rows_index(
 
 
 def _dedupe(
-    samples: list[dict[str, Any]],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Keep one sample per sample id; return (kept, rejected records)."""
+    samples: list[dict[str, Any]], policy: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Apply the duplicates policy to samples that share a sample id.
+
+    Returns (kept samples, rejected records, duplicate groups). Each group lists the
+    keys and labels of files with identical bytes.
+    """
     by_id: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for sample in samples:
         by_id[sample["sample_id"]].append(sample)
-    kept, rejected = [], []
-    for copies in by_id.values():
+    kept, rejected, groups = [], [], []
+    for sample_id, copies in by_id.items():
         copies.sort(key=lambda s: s["key"])
+        if len(copies) == 1:
+            kept.append(copies[0])
+            continue
         labels = sorted({copy["label"] for copy in copies})
+        groups.append(
+            {
+                "sample_id": sample_id,
+                "keys": [copy["key"] for copy in copies],
+                "labels": labels,
+                "conflicting_labels": len(labels) > 1,
+            }
+        )
+        if policy == "keep":
+            kept.extend(copies)
+            continue
         if len(labels) > 1:
             for copy in copies:
                 rejected.append(
@@ -209,7 +228,8 @@ def _dedupe(
                     "message": f"same bytes as {first['key']}",
                 }
             )
-    return kept, rejected
+    groups.sort(key=lambda group: group["keys"][0])
+    return kept, rejected, groups
 
 
 def _adopt_stored_copies(
@@ -289,7 +309,7 @@ def assemble_samples(
             source_split=sample.get("source_split"),
             group=sample.get("group"),
         )
-    kept, rejected = _dedupe(samples)
+    kept, rejected, duplicate_groups = _dedupe(samples, config.ingest.duplicates)
     _adopt_stored_copies(kept, samples)
     classes = natural_class_order({s["label"] for s in kept})
     label_index = {name: i for i, name in enumerate(classes)}
@@ -402,16 +422,18 @@ def assemble_samples(
         counter = Counter(s["label"] for s in kept if s["split"] == split)
         counts[split] = {name: counter.get(name, 0) for name in classes}
     parent_ids = {
-        row["sample_id"]
+        (row["sample_id"], row["key"])
         for row in (parent.sources if parent else [])
         if row["status"] == "ingested"
     }
-    kept_ids = {s["sample_id"] for s in kept}
+    kept_ids = {(s["sample_id"], s["key"]) for s in kept}
+    changed_keys = _changed_keys(plan, previous, chunks)
+    seen_keys = len(plan.changed_keys) + len(plan.unchanged_keys)
     refresh = {
         "parent": parent.version if parent else None,
         "files_new": len(plan.new_keys),
-        "files_changed": len(plan.changed_keys),
-        "files_unchanged": len(plan.unchanged_keys),
+        "files_changed": len(changed_keys),
+        "files_unchanged": seen_keys - len(changed_keys),
         "files_removed": len(plan.removed_keys),
         "images_decoded": sum(c.decoded for c in chunks if not c.cached),
         "images_decoded_before_crash": sum(c.decoded for c in chunks if c.cached),
@@ -429,8 +451,35 @@ def assemble_samples(
         histograms=histograms,
         counts=counts,
         refresh=refresh,
-        added_ids=sorted(kept_ids - parent_ids),
-        removed_ids=sorted(parent_ids - kept_ids),
+        added_ids=sorted({sample_id for sample_id, _ in kept_ids - parent_ids}),
+        removed_ids=sorted({sample_id for sample_id, _ in parent_ids - kept_ids}),
+        duplicate_groups=duplicate_groups,
+    )
+
+
+def _changed_keys(
+    plan: IngestPlan,
+    previous: dict[str, dict[str, Any]],
+    chunks: Sequence[ChunkResult],
+) -> list[str]:
+    """Return the keys of known files whose bytes differ from the parent's record.
+
+    A new size or mtime only makes a file a candidate: it counts as changed when a
+    chunk found bytes that no longer hash to the recorded sample id. A file that was
+    only touched therefore counts as unchanged, and under ``rehash`` a file whose
+    bytes changed behind an unchanged size and mtime counts as changed.
+    """
+    processed = {
+        row["key"]: row.get("sample_id")
+        for chunk in chunks
+        for row in (*chunk.records, *chunk.quarantined)
+    }
+    known = {*plan.changed_keys, *plan.unchanged_keys}
+    return sorted(
+        key
+        for key in known
+        if key in processed
+        and (processed[key] is None or processed[key] != previous[key].get("sample_id"))
     )
 
 

@@ -166,7 +166,7 @@ class Store:
         digest = hashlib.sha256(data).hexdigest()
         ref = f"objects/{digest[:2]}/{digest}.{ext}"
         final = self.root / ref
-        if final.exists() and final.stat().st_size == len(data):
+        if self._intact(final, digest, len(data)):
             return ObjectRef(ref, digest, len(data))
         temp = self.temp_path("." + ext)
         with open(temp, "wb") as handle:
@@ -184,12 +184,26 @@ class Store:
         digest, size = sha256_file(temp)
         ref = f"objects/{digest[:2]}/{digest}.{ext}"
         final = self.root / ref
-        if final.exists() and final.stat().st_size == size:
+        if self._intact(final, digest, size):
             temp.unlink()
             return ObjectRef(ref, digest, size)
         crash_point("object_temp_written")
         self._move_into_place(temp, final)
         return ObjectRef(ref, digest, size)
+
+    @staticmethod
+    def _intact(path: Path, digest: str, size: int) -> bool:
+        """Return True when ``path`` exists with the given size and sha256.
+
+        An existing object is hashed before it is reused, so a damaged copy is
+        replaced by the next write of the same content.
+        """
+        try:
+            if path.stat().st_size != size:
+                return False
+        except FileNotFoundError:
+            return False
+        return sha256_file(path)[0] == digest
 
     def _move_into_place(self, temp: Path, final: Path) -> None:
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -282,7 +296,7 @@ class Store:
             raise VersionNotFoundError(
                 f"version {version} not found in {self.root}"
             ) from None
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise CorruptObjectError(
                 f"manifest {path} is not valid JSON: {error}", str(path)
             ) from None
@@ -295,10 +309,24 @@ class Store:
         ``files`` maps plain file names to their bytes; the manifest is written last.
         """
         final = self.version_dir(version)
-        if final.exists():
+        if (final / "manifest.json").exists():
             raise StoreError(
-                f"version folder {final} already exists; another writer committed it"
+                f"version {version} already exists at {final}: another process "
+                "committed it without holding the store's lock; run again to "
+                "commit the next version"
             )
+        if final.exists():
+            # Without a manifest the folder is no version (readers skip it), so it
+            # is moved aside instead of blocking every later commit of this number.
+            aside = self.tmp_dir / f"incomplete-{final.name}-{uuid.uuid4().hex}"
+            logger.warning(
+                "moving %s to %s: it has no manifest.json, so it is not a committed "
+                "version",
+                final,
+                aside,
+            )
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            os.rename(final, aside)
         staging = (
             self.tmp_dir / f"version-{version:0{VERSION_DIGITS}d}-{uuid.uuid4().hex}"
         )
@@ -353,12 +381,8 @@ class Store:
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
-                        holder = _read_holder(path)
                         raise LockTimeoutError(
-                            f"store {self.root} is locked by another writer "
-                            f"({_describe_holder(holder)}); waited {timeout_s:g} s. "
-                            "Wait for that run to finish or raise "
-                            "output.lock_timeout_s."
+                            _lock_timeout_message(self.root, path, timeout_s)
                         ) from None
                     time.sleep(poll_s)
             previous = _read_holder(path)
@@ -433,6 +457,24 @@ def _describe_holder(holder: dict[str, Any] | None) -> str:
         f"host {holder.get('host')}, pid {holder.get('pid')}, "
         f"started {holder.get('started')}"
     )
+
+
+def _lock_timeout_message(root: Path, path: Path, timeout_s: float) -> str:
+    holder = _read_holder(path)
+    message = (
+        f"store {root} is locked by another writer ({_describe_holder(holder)}); "
+        f"waited {timeout_s:g} s. Wait for that run to finish or raise "
+        "output.lock_timeout_s."
+    )
+    if holder and not _holder_alive(holder):
+        # The flock belongs to the open file, so a child process that inherited
+        # the holder's descriptor keeps the lock after the holder has died.
+        message += (
+            f" Process {holder.get('pid')} is no longer running, but a process it "
+            f"started still holds the lock on {path}; end that process "
+            f"(`fuser -v {path}` lists it)."
+        )
+    return message
 
 
 def _holder_alive(holder: dict[str, Any]) -> bool:
