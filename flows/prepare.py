@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ from prefect.context import get_run_context
 from prefect.futures import as_completed
 from prefect.logging import get_run_logger
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 
 from imgprep import progress
 from imgprep.config import PrepareConfig
@@ -51,7 +53,13 @@ def _chunk_runner(config: PrepareConfig) -> Iterator[TaskRunner]:
         with task_runner:
             yield task_runner
     elif runner.type == "process":
-        with process_pool(workers), ThreadPoolTaskRunner(max_workers=workers) as pool:
+        # Twice as many task threads as processes: while Prefect records one
+        # finished chunk, the next one already waits in the pool's queue, so no
+        # worker process sits idle between chunks.
+        with (
+            process_pool(workers),
+            ThreadPoolTaskRunner(max_workers=2 * workers) as pool,
+        ):
             yield pool
     else:
         with ThreadPoolTaskRunner(max_workers=workers) as pool:
@@ -93,26 +101,27 @@ def prepare_dataset(config: PrepareConfig, rehash: bool = False) -> dict[str, An
     with store.lock(config.output.lock_timeout_s):
         progress.step("scan")
         parent = load_parent_state(str(store.root))
-        scan = scan_source_files(config, parent)
+        scan = scan_source_files(config, quote(parent))
         crash_point("scan_done")
-        plan = plan_source(scan, parent, rehash)
+        plan = plan_source(quote(scan), quote(parent), rehash)
         classes = scan.classes
-        check_sampling_request(config, scan)
+        check_sampling_request(config, quote(scan))
 
         progress.step("decode")
         progress.start(len(plan.decode))
         chunks = []
         batches = plan.chunks(config.ingest.chunk_size)
+        decode_started = time.perf_counter()
         if batches:
             with _chunk_runner(config) as runner:
                 futures = [
                     runner.submit(
                         ingest_chunk,
                         {
-                            "items": batch,
+                            "items": quote(batch),
                             "root": config.source.root,
                             "config": config,
-                            "class_names": classes,
+                            "class_names": quote(classes),
                             "store_root": str(store.root),
                             "expected_ids": {
                                 c.key: plan.expected_ids[c.key]
@@ -131,21 +140,31 @@ def prepare_dataset(config: PrepareConfig, rehash: bool = False) -> dict[str, An
                         + len(result.unchanged)
                     )
                 chunks = [future.result() for future in futures]
+            elapsed = time.perf_counter() - decode_started
+            logger.info(
+                "read %d files in %d chunks in %.2f s (%.0f files/s)",
+                len(plan.decode),
+                len(batches),
+                elapsed,
+                len(plan.decode) / max(elapsed, 1e-9),
+            )
 
         progress.step("assemble")
         assembled = assemble_version_samples(
-            config, scan, plan, parent, chunks, classes
+            config, quote(scan), quote(plan), quote(parent), quote(chunks), classes
         )
 
         progress.step("normalize")
         params, normalization, histogram_png = fit_normalization_stats(
-            config, assembled.histograms, sum(assembled.counts["train"].values())
+            config,
+            quote(assembled.histograms),
+            sum(assembled.counts["train"].values()),
         )
 
         progress.step("resample")
         samples = assembled.samples()
         resampled = resample_train_split(
-            config, samples, assembled.shards, assembled.classes
+            config, quote(samples), quote(assembled.shards), assembled.classes
         )
         crash_point("resample_done")
 
@@ -158,9 +177,9 @@ def prepare_dataset(config: PrepareConfig, rehash: bool = False) -> dict[str, An
         if config.normalize.apply == "on_write":
             normalized = write_normalized(
                 config,
-                [*assembled.shards, *resampled.synthetic_shards],
+                quote([*assembled.shards, *resampled.synthetic_shards]),
                 assembled.classes,
-                params,
+                quote(params),
             )
         files = {
             "class_balance.png": balance_png,
@@ -176,12 +195,12 @@ def prepare_dataset(config: PrepareConfig, rehash: bool = False) -> dict[str, An
             layout=scan.layout,
             empty_classes=scan.empty_classes,
             label_warnings=scan.label_warnings,
-            assembled=assembled,
-            resampled=resampled,
+            assembled=quote(assembled),
+            resampled=quote(resampled),
             normalization=normalization,
-            profile=profile,
-            files=files,
-            normalized_shards=normalized,
+            profile=quote(profile),
+            files=quote(files),
+            normalized_shards=quote(normalized),
             chunk_keys=[chunk.key for chunk in chunks],
         )
     location = store.version_dir(version)
