@@ -25,12 +25,6 @@ import numpy as np
 
 from imgprep.config import SMOTE_FAMILY, PrepareConfig
 from imgprep.ingest import store_shard
-from imgprep.resampling import (
-    FeatureReducer,
-    check_sampling_strategy,
-    interpolate_pixels,
-    resample,
-)
 from imgprep.shards import ShardRows, read_shard
 from imgprep.store import Store
 from imgprep.tables import LINEAGE_SCHEMA, table_bytes
@@ -97,6 +91,8 @@ def _features(
     Thumbnails are computed shard by shard, so only one shard's pixels are held
     at a time.
     """
+    from imgprep.resampling import FeatureReducer
+
     reducer = FeatureReducer.from_settings(
         config.resample.features, seed=config.resample.seed
     )
@@ -139,6 +135,11 @@ def resample_training(
             lineage_rows=lineage,
             counts_after=counts,
         )
+    # scikit-learn and imbalanced-learn are imported here, after decoding, so they
+    # take no memory while the decode workers run.
+    from imgprep.resampling import resample
+    from imgprep.sampling_strategy import check_sampling_strategy
+
     check_sampling_strategy(settings.method, settings.sampling_strategy, counts)
 
     reader = ShardReader(store, shards)
@@ -225,6 +226,8 @@ def _write_synthetic(
     classes: Sequence[str],
     lineage: list[dict[str, Any]],
 ) -> list[dict[str, Any]]:
+    from imgprep.resampling import interpolate_pixels
+
     parents = np.asarray(result.synthetic_parents, dtype=np.int64).reshape(-1, 2)
     if parents.shape[0] == 0:
         return []

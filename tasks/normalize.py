@@ -21,7 +21,6 @@ from prefect.logging import get_run_logger
 
 from imgprep.config import PrepareConfig
 from imgprep.errors import ImgprepError
-from imgprep.plots import plot_channel_histograms
 from imgprep.stats import (
     ChannelHistogram,
     NormalizationParams,
@@ -42,6 +41,8 @@ def fit_normalization_stats(
     Returns the parameters, the manifest's normalization section, and a PNG of the
     training histograms with the parameters marked.
     """
+    from imgprep.plots import plot_channel_histograms  # matplotlib loads after decoding
+
     logger = get_run_logger()
     train = histograms["train"]
     if train.n_pixels == 0:

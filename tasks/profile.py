@@ -15,7 +15,6 @@ from prefect.logging import get_run_logger
 
 from imgprep.balance import balance_profile
 from imgprep.config import SPLITS, PrepareConfig
-from imgprep.plots import plot_class_balance
 
 __all__ = ["artifact_key", "profile_class_balance"]
 
@@ -38,6 +37,8 @@ def profile_class_balance(
 
     Returns the profile as JSON data and the bar chart as PNG bytes.
     """
+    from imgprep.plots import plot_class_balance  # matplotlib loads after decoding
+
     logger = get_run_logger()
     settings = config.profile
     before = balance_profile(

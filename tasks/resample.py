@@ -11,7 +11,7 @@ from prefect.logging import get_run_logger
 
 from imgprep.config import PrepareConfig
 from imgprep.resample_stage import ResampleStage, resample_training
-from imgprep.resampling import check_sampling_strategy
+from imgprep.sampling_strategy import check_sampling_strategy
 from imgprep.scan import ScanResult
 from imgprep.store import Store
 
