@@ -66,6 +66,10 @@ def _chunk_runner(config: PrepareConfig) -> Iterator[TaskRunner]:
             yield pool
 
 
+def _unwrapped(value: Any) -> Any:
+    return value
+
+
 def _flow_run_id() -> str | None:
     try:
         context = get_run_context()
@@ -113,15 +117,18 @@ def prepare_dataset(config: PrepareConfig, rehash: bool = False) -> dict[str, An
         batches = plan.chunks(config.ingest.chunk_size)
         decode_started = time.perf_counter()
         if batches:
+            # prefect-dask 0.3 hands a quote()-wrapped argument to the task as a
+            # tuple, so chunk arguments are quoted only for the local runners.
+            wrap = _unwrapped if config.runner.type == "dask" else quote
             with _chunk_runner(config) as runner:
                 futures = [
                     runner.submit(
                         ingest_chunk,
                         {
-                            "items": quote(batch),
+                            "items": wrap(batch),
                             "root": config.source.root,
                             "config": config,
-                            "class_names": quote(classes),
+                            "class_names": wrap(classes),
                             "store_root": str(store.root),
                             "expected_ids": {
                                 c.key: plan.expected_ids[c.key]

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ import numpy as np
 
 from imgprep.config import PrepareConfig
 from imgprep.decode import decode_image, time_limit
-from imgprep.errors import Quarantined
+from imgprep.errors import Quarantined, SourceError, StoreError
 from imgprep.faults import crash_point
 from imgprep.scan import Candidate
 from imgprep.shards import ShardRows, write_shard
@@ -173,20 +174,50 @@ def _save_cached_chunk(store: Store, result: ChunkResult) -> None:
 
 
 def _read_source(root: str, item: Candidate) -> bytes:
-    path = os.path.join(root, item.path)
+    from imgprep.paths import (
+        NotRegularFileError,
+        OutsideRootError,
+        display_path,
+        read_file_below,
+    )
+
+    path = display_path(os.path.join(root, item.path))
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        return read_file_below(root, item.path)
     except FileNotFoundError:
         raise Quarantined(
             "missing_file", f"file vanished before decoding: {path}"
         ) from None
     except PermissionError as error:
-        raise Quarantined("unreadable", f"permission denied: {error}") from None
-    except IsADirectoryError:
-        raise Quarantined("not_a_file", "path is a folder") from None
+        message = display_path(f"permission denied: {error}")
+        raise Quarantined("unreadable", message) from None
+    except (IsADirectoryError, NotRegularFileError):
+        raise Quarantined("not_a_file", f"not a regular file: {path}") from None
+    except OutsideRootError as error:
+        raise Quarantined("outside_root", str(error)) from None
     except OSError as error:
-        raise Quarantined("unreadable", f"{type(error).__name__}: {error}") from None
+        message = display_path(f"{type(error).__name__}: {error}")
+        raise Quarantined("unreadable", message) from None
+
+
+def _check_shared_paths(root: str, store: Store) -> None:
+    """Raise when this worker cannot see the source root or the store.
+
+    On a Dask cluster every worker must see both at the paths the flow uses;
+    otherwise each file would be quarantined as missing, or shards written to a
+    local disk that the flow never reads.
+    """
+    host = socket.gethostname()
+    if not os.path.isdir(root):
+        raise SourceError(
+            f"source root {root} is not a folder on host {host}; every worker must "
+            "see the source at the same path as the flow"
+        )
+    if not store.objects_dir.is_dir():
+        raise StoreError(
+            f"store {store.root} has no objects folder on host {host}; every worker "
+            "must see the store at the same path as the flow"
+        )
 
 
 def _base_record(item: Candidate) -> dict[str, Any]:
@@ -233,6 +264,7 @@ def ingest_files(
     """
     started = time.perf_counter()
     store = Store(store_root)
+    _check_shared_paths(root, store)
     settings_hash = decode_settings_hash(config)
     key = chunk_key(items, class_names, settings_hash, expected_ids)
     if use_cache:
