@@ -300,8 +300,12 @@ def assemble_samples(
             mtime_ns=candidate.mtime_ns,
         )
         samples.append(sample)
-    new_records = [dict(r, status="ingested") for c in chunks for r in c.records]
-    samples.extend(new_records)
+    # Decoded records become the new samples in place: a copy would double the
+    # memory of the largest per-file structure of the run.
+    for chunk in chunks:
+        for record in chunk.records:
+            record["status"] = "ingested"
+            samples.append(record)
     for sample in samples:
         sample["split"] = assign_split(
             sample["sample_id"],

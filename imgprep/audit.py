@@ -52,6 +52,9 @@ __all__ = [
     "writer_holder",
 ]
 
+# The columns of a version's sources table that diff_versions reads.
+DIFF_SOURCE_COLUMNS = ("status", "sample_id", "key", "split", "label")
+
 logger = logging.getLogger(__name__)
 
 CHUNK_CACHE = ("cache", "chunks")
@@ -586,8 +589,8 @@ def diff_refs(
     result = diff_versions(
         manifest_a,
         manifest_b,
-        read_object_table(store_a, manifest_a, "sources"),
-        read_object_table(store_b, manifest_b, "sources"),
+        read_object_table(store_a, manifest_a, "sources", columns=DIFF_SOURCE_COLUMNS),
+        read_object_table(store_b, manifest_b, "sources", columns=DIFF_SOURCE_COLUMNS),
     )
     result["a"]["store"] = str(store_a.root)
     result["b"]["store"] = str(store_b.root)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 
 from imgprep.config import SPLITS
 from imgprep.manifest import Manifest
@@ -94,9 +95,14 @@ class DatasetVersion:
         """
         if self._lineage is None:
             lineage: dict[tuple[str, int], tuple[int, float]] = {}
-            for row in read_object_table(self.store, self.manifest, "lineage"):
-                if row["origin"] == "synthetic":
-                    continue
+            rows = read_object_table(
+                self.store,
+                self.manifest,
+                "lineage",
+                columns=["origin", "count", "weight", "shard", "shard_row"],
+                where=pc.field("origin") != "synthetic",
+            )
+            for row in rows:
                 where = (row["shard"], int(row["shard_row"]))
                 count, _ = lineage.get(where, (0, row["weight"]))
                 lineage[where] = (count + int(row["count"]), row["weight"])

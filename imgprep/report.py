@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow.compute as pc
 from PIL import Image
 
-from imgprep.audit import diff_versions
+from imgprep.audit import DIFF_SOURCE_COLUMNS, diff_versions
 from imgprep.config import SPLITS
 from imgprep.errors import CorruptObjectError
 from imgprep.manifest import parse_manifest
@@ -54,6 +55,15 @@ THUMBNAIL_MAX_SIDE = 96
 MAX_SHARDS_READ = 32
 # The diff lists at most this many changed config keys.
 MAX_CONFIG_CHANGES = 100
+_LINEAGE_COLUMNS = [
+    "sample_id",
+    "label",
+    "origin",
+    "parents",
+    "coefficient",
+    "shard",
+    "shard_row",
+]
 
 CHART_FILES = {
     "class_balance": "class_balance.png",
@@ -812,9 +822,16 @@ def _synthetic_examples(
     model = parse_manifest(dict(manifest), "report manifest")
     if "lineage" not in model.objects:
         return _tag("p", "This version has no lineage table.", class_="more"), 0
-    lineage = read_object_table(store, model, "lineage")
-    total = sum(1 for row in lineage if row["origin"] == "synthetic")
-    chosen = _pick_synthetic(lineage)
+    synthetic = read_object_table(
+        store,
+        model,
+        "lineage",
+        columns=_LINEAGE_COLUMNS,
+        where=pc.field("origin") == "synthetic",
+    )
+    total = len(synthetic)
+    chosen = _pick_synthetic(synthetic)
+    del synthetic
     if not chosen:
         text = (
             f"This version has no synthetic samples (resampling method "
@@ -823,10 +840,18 @@ def _synthetic_examples(
         return _tag("p", text, class_="more"), 0
 
     # Parents are original training rows; the lineage records where each is stored.
+    wanted = sorted({parent for row in chosen for parent in row["parents"]})
     located = {
         row["sample_id"]: (row["shard"], int(row["shard_row"]))
-        for row in lineage
-        if row["origin"] == "original" and row.get("shard")
+        for row in read_object_table(
+            store,
+            model,
+            "lineage",
+            columns=["sample_id", "shard", "shard_row"],
+            where=(pc.field("origin") == "original")
+            & pc.field("sample_id").isin(wanted),
+        )
+        if row.get("shard")
     }
     examples = [
         row for row in chosen if all(parent in located for parent in row["parents"])
@@ -1039,10 +1064,16 @@ def _sources_rows(
     """
     try:
         parent_rows = read_object_table(
-            store, parse_manifest(dict(parent), "parent manifest"), "sources"
+            store,
+            parse_manifest(dict(parent), "parent manifest"),
+            "sources",
+            columns=DIFF_SOURCE_COLUMNS,
         )
         rows = read_object_table(
-            store, parse_manifest(dict(manifest), "report manifest"), "sources"
+            store,
+            parse_manifest(dict(manifest), "report manifest"),
+            "sources",
+            columns=DIFF_SOURCE_COLUMNS,
         )
     except CorruptObjectError as error:
         logger.warning(

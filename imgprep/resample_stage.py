@@ -27,7 +27,7 @@ from imgprep.config import SMOTE_FAMILY, PrepareConfig
 from imgprep.ingest import store_shard
 from imgprep.shards import ShardRows, read_shard
 from imgprep.store import Store
-from imgprep.tables import LINEAGE_SCHEMA, table_bytes
+from imgprep.tables import LINEAGE_SCHEMA, ColumnRows, table_bytes
 
 __all__ = ["ResampleStage", "resample_training", "synthetic_id"]
 
@@ -41,7 +41,7 @@ class ResampleStage:
     """Outcome of resampling: lineage table, synthetic shards and a summary."""
 
     summary: dict[str, Any]
-    lineage_rows: list[dict[str, Any]]
+    lineage_rows: ColumnRows
     synthetic_shards: list[dict[str, Any]] = field(default_factory=list)
     counts_after: dict[str, int] = field(default_factory=dict)
 
@@ -129,7 +129,9 @@ def resample_training(
     labels = np.array([s["label"] for s in train], dtype=object)
     counts = {name: int(np.sum(labels == name)) for name in classes}
     if settings.method == "none":
-        lineage = [_original(s, 1.0) for s in train]
+        lineage = ColumnRows(LINEAGE_SCHEMA)
+        for sample in train:
+            lineage.append(_original(sample, 1.0))
         return ResampleStage(
             summary={"method": "none", "counts_before": counts, "counts_after": counts},
             lineage_rows=lineage,
@@ -155,7 +157,7 @@ def resample_training(
         max_memory_bytes=settings.max_memory_mb * 1024 * 1024,
     )
 
-    lineage: list[dict[str, Any]] = []
+    lineage = ColumnRows(LINEAGE_SCHEMA)
     for index, sample in enumerate(train):
         repeats = int(result.repeats[index])
         weight = float(result.weights[index])
@@ -224,7 +226,7 @@ def _write_synthetic(
     store: Store,
     config: PrepareConfig,
     classes: Sequence[str],
-    lineage: list[dict[str, Any]],
+    lineage: ColumnRows,
 ) -> list[dict[str, Any]]:
     from imgprep.resampling import interpolate_pixels
 
@@ -285,6 +287,6 @@ def _write_synthetic(
     return shards
 
 
-def lineage_table_bytes(rows: Sequence[dict[str, Any]]) -> bytes:
+def lineage_table_bytes(rows: ColumnRows) -> bytes:
     """Serialize lineage rows as the version's lineage table."""
     return table_bytes(rows, LINEAGE_SCHEMA)

@@ -87,11 +87,21 @@ def load_manifest(store: Store, version: int | None = None) -> Manifest:
 
 
 def read_object_table(
-    store: Store, manifest: Manifest, name: str
+    store: Store,
+    manifest: Manifest,
+    name: str,
+    columns: Sequence[str] | None = None,
+    where: Any = None,
 ) -> list[dict[str, Any]]:
-    """Return the rows of one of the version's tables (``sources`` or ``lineage``)."""
+    """Return the rows of one of the version's tables (``sources`` or ``lineage``).
+
+    ``columns`` limits the row dicts to those keys and ``where`` (a pyarrow compute
+    expression) keeps only matching rows; a dict per row costs about 1 KB, so callers
+    that need a few columns of a large table should ask for just those.
+    """
     entry = manifest.objects[name]
-    return read_table_bytes(store.read_object(entry.path, entry.sha256, entry.bytes))
+    data = store.read_object(entry.path, entry.sha256, entry.bytes)
+    return read_table_bytes(data, columns=columns, where=where)
 
 
 def load_parent(store: Store) -> Any:
@@ -132,9 +142,16 @@ def source_summary(
     quarantined = [row for row in sources if row["status"] == "quarantined"]
     skipped = [row for row in sources if row["status"] == "skipped"]
     dropped = [row for row in sources if row["status"] == "duplicate"]
+    # Count first, so that only ids that occur twice get a list of rows.
+    id_counts = Counter(
+        row["sample_id"]
+        for row in sources
+        if row["status"] in ("ingested", "duplicate")
+    )
+    repeated = {sample_id for sample_id, count in id_counts.items() if count > 1}
     by_id: dict[str, list[dict[str, Any]]] = {}
     for row in sources:
-        if row["status"] in ("ingested", "duplicate"):
+        if row["status"] in ("ingested", "duplicate") and row["sample_id"] in repeated:
             by_id.setdefault(row["sample_id"], []).append(row)
     groups = [
         {

@@ -60,7 +60,7 @@ def resample_train_split(
         config.resample.method,
         before,
         after,
-        sum(1 for row in stage.lineage_rows if row["origin"] == "synthetic"),
+        stage.lineage_rows.count("origin", "synthetic"),
     )
     for name, detail in stage.summary.get("per_class", {}).items():
         if detail.get("note"):
