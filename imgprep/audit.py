@@ -653,6 +653,16 @@ class _Checker:
             "actual": {"bytes": None, "sha256": None},
             "detail": None,
         }
+        if location.is_relative_to(self.store.objects_dir) and not (
+            self.store.is_inside_objects(location)
+        ):
+            problems.append("link")
+            details.append(
+                "is a symbolic link or resolves outside the store's objects folder"
+            )
+            result["status"] = "failed"
+            result["detail"] = "; ".join(details)
+            return result
         outcome = self._hash(location)
         if isinstance(outcome, FileNotFoundError):
             result["status"] = "missing"

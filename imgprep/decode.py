@@ -32,7 +32,9 @@ these reason codes:
     or it is a 32-bit integer ``I`` or float ``F`` image and
     ``settings.wide_modes`` is ``reject``.
 ``decode_timeout``
-    Raised by :func:`time_limit`, never by :func:`decode_image` itself.
+    Raised by :func:`time_limit` around the call, never by :func:`decode_image`
+    itself. The limit applies in the main thread and in other threads. The
+    docstring of :func:`time_limit` says what it cannot interrupt.
 
 Only :class:`MemoryError` and :class:`BaseException` subclasses that are not
 :class:`Exception` (such as :class:`KeyboardInterrupt`) leave :func:`decode_image`
@@ -107,6 +109,7 @@ not safe to enter from several threads at once in Python 3.11.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import logging
 import math
@@ -118,7 +121,7 @@ import time
 import warnings
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -339,16 +342,29 @@ def sniff_format(prefix: bytes, name: str = "") -> str | None:
     return candidates[0]
 
 
-@contextmanager
-def time_limit(seconds: float) -> Iterator[None]:
-    """Raise ``Quarantined("decode_timeout", ...)`` when the body runs too long.
+def time_limit(seconds: float) -> AbstractContextManager[None]:
+    """Return a context manager that quarantines a body running over ``seconds``.
 
-    The limit uses ``SIGALRM`` and :func:`signal.setitimer`, so it works only in the
-    main thread of the main interpreter on POSIX systems. Anywhere else it does
-    nothing. The error is raised between Python bytecodes, so one long C call (a
-    single resize of a huge image) finishes before it is raised. An enclosing timer
-    that expires sooner stays in charge, and the previous handler and timer are
-    restored on exit.
+    The body is interrupted with ``Quarantined("decode_timeout", ...)``:
+
+    * In the main thread on POSIX systems, ``SIGALRM`` and :func:`signal.setitimer`
+      raise it. This also interrupts blocking system calls such as ``time.sleep``.
+      An enclosing timer that expires sooner stays in charge, and the previous
+      handler and timer are restored on exit.
+    * In any other thread (the ``thread`` runner, Dask workers), a watchdog thread
+      raises it in the decoding thread with CPython's
+      ``PyThreadState_SetAsyncExc``. It fires once. If the body then fails with
+      another :class:`~imgprep.errors.Quarantined` reason, because a library
+      turned the timeout into its own error, the reason becomes
+      ``decode_timeout``.
+
+    Either way the error is raised between Python bytecodes, so one long C call
+    (a single resize of a huge image) finishes before it is raised.
+
+    NOTE: in threads a blocking system call is not interrupted, and code that
+    catches the timeout and carries on decoding runs to its end. Such a file
+    gets its own outcome, late. Both cases work in the main thread, where the
+    alarm repeats every 50 ms until the body exits.
 
     Parameters
     ----------
@@ -368,11 +384,24 @@ def time_limit(seconds: float) -> Iterator[None]:
         raise ValueError(
             f"time limit must be a finite number of seconds above 0, got {seconds!r}"
         )
-    if not hasattr(signal, "setitimer") or (
-        threading.current_thread() is not threading.main_thread()
+    if hasattr(signal, "setitimer") and (
+        threading.current_thread() is threading.main_thread()
     ):
-        yield
-        return
+        return _alarm_limit(seconds)
+    return _ThreadLimit(seconds)
+
+
+def _timeout_error(seconds: float) -> Quarantined:
+    return Quarantined(
+        "decode_timeout",
+        f"decoding took longer than {seconds:g} s; raise ingest.decode_timeout_s if "
+        "files this slow are expected",
+    )
+
+
+@contextmanager
+def _alarm_limit(seconds: float) -> Iterator[None]:
+    """Apply :func:`time_limit` with ``SIGALRM`` in the main thread."""
     previous_delay, previous_interval = signal.getitimer(signal.ITIMER_REAL)
     if 0 < previous_delay <= seconds:
         yield
@@ -382,16 +411,13 @@ def time_limit(seconds: float) -> Iterator[None]:
 
     def on_alarm(signum: int, frame: Any) -> None:
         if armed:
-            raise Quarantined(
-                "decode_timeout",
-                f"decoding took longer than {seconds:g} s; raise "
-                "ingest.decode_timeout_s if files this slow are expected",
-            )
+            raise _timeout_error(seconds)
 
     try:
         previous_handler = signal.signal(signal.SIGALRM, on_alarm)
     except ValueError:  # signal handlers can only be set in the main interpreter
-        yield
+        with _ThreadLimit(seconds):
+            yield
         return
     started = time.monotonic()
     signal.setitimer(signal.ITIMER_REAL, seconds, _ALARM_REPEAT_S)
@@ -413,6 +439,133 @@ def time_limit(seconds: float) -> Iterator[None]:
                 signal.setitimer(
                     signal.ITIMER_REAL, max(remaining, 1e-6), previous_interval
                 )
+
+
+class _ThreadTimeout(Quarantined):
+    """The timeout the watchdog raises asynchronously in a thread.
+
+    CPython creates the exception without arguments. It is a
+    :class:`~imgprep.errors.Quarantined`, so a caller that catches quarantines
+    records ``decode_timeout`` even when it escapes :class:`_ThreadLimit`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "decode_timeout", "decoding took longer than ingest.decode_timeout_s"
+        )
+
+
+@dataclass(eq=False)
+class _Deadline:
+    """One armed limit: the thread to interrupt and when (``time.monotonic``)."""
+
+    thread_id: int
+    due: float
+    fired: bool = False
+
+
+def _raise_in_thread(thread_id: int, exception: type[BaseException] | None) -> None:
+    """Schedule ``exception`` in a thread, or clear a scheduled one with None."""
+    argument = None if exception is None else ctypes.py_object(exception)
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), argument)
+
+
+class _Watchdog:
+    """A daemon thread that raises :class:`_ThreadTimeout` in threads past due.
+
+    Firing and disarming both hold one lock. :meth:`disarm` clears a scheduled
+    timeout that was not raised yet, so after it returns no timeout reaches the
+    thread. The decoding thread takes only plain locks, whose ``with`` entry and
+    exit run in C, so a timeout raised while such a lock is held still releases
+    it. ``threading.Condition`` and ``Event`` enter in Python code, where a timeout
+    could leave their lock held.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Locked while no wake request is pending. Releasing it wakes the watchdog
+        # thread early.
+        self._wake = threading.Lock()
+        self._wake.acquire()
+        self._deadlines: set[_Deadline] = set()
+        self._started = False
+
+    def arm(self, seconds: float) -> _Deadline:
+        deadline = _Deadline(threading.get_ident(), time.monotonic() + seconds)
+        with self._lock:
+            if not self._started:
+                threading.Thread(
+                    target=self._run, name="imgprep-decode-watchdog", daemon=True
+                ).start()
+                self._started = True
+            earliest = min((d.due for d in self._deadlines), default=math.inf)
+            self._deadlines.add(deadline)
+            if deadline.due < earliest and self._wake.locked():
+                self._wake.release()
+        return deadline
+
+    def disarm(self, deadline: _Deadline) -> None:
+        with self._lock:
+            self._deadlines.discard(deadline)
+            if deadline.fired:
+                _raise_in_thread(deadline.thread_id, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                for deadline in [d for d in self._deadlines if d.due <= now]:
+                    self._deadlines.discard(deadline)
+                    deadline.fired = True
+                    _raise_in_thread(deadline.thread_id, _ThreadTimeout)
+                earliest = min((d.due for d in self._deadlines), default=None)
+            wait = -1 if earliest is None else max(earliest - now, 0.0)
+            self._wake.acquire(timeout=wait)
+
+
+_watchdog = _Watchdog()
+
+
+def _new_watchdog_in_child() -> None:
+    # A forked child has no watchdog thread, and its lock may be held by a thread
+    # that does not exist there.
+    global _watchdog
+    _watchdog = _Watchdog()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_watchdog_in_child)
+
+
+class _ThreadLimit:
+    """Apply :func:`time_limit` with the watchdog thread, in any thread."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._watchdog = _watchdog
+        self._deadline: _Deadline | None = None
+
+    def __enter__(self) -> None:
+        self._deadline = self._watchdog.arm(self._seconds)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: Any,
+    ) -> bool:
+        deadline = self._deadline
+        assert deadline is not None, "time limit exited without being entered"
+        timed_out = isinstance(exc, _ThreadTimeout)
+        while True:
+            try:
+                self._watchdog.disarm(deadline)
+                break
+            except _ThreadTimeout:  # the timeout arrived while disarming
+                timed_out = True
+        if timed_out or (deadline.fired and isinstance(exc, Quarantined)):
+            raise _timeout_error(self._seconds) from None
+        return False
 
 
 # ---------------------------------------------------------------------------

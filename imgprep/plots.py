@@ -47,9 +47,14 @@ def _save(figure: Figure, path: Path | str) -> Path:
 
 
 def _short_name(name: str) -> str:
-    if len(name) <= MAX_NAME_LENGTH:
-        return name
-    return name[: MAX_NAME_LENGTH - 1] + "\N{HORIZONTAL ELLIPSIS}"
+    """Return a class name shortened for an axis label, with mathtext escaped.
+
+    Matplotlib reads text between two ``$`` as math and raises on invalid math,
+    so every ``$`` of a class name is escaped.
+    """
+    if len(name) > MAX_NAME_LENGTH:
+        name = name[: MAX_NAME_LENGTH - 1] + "\N{HORIZONTAL ELLIPSIS}"
+    return name.replace("$", r"\$")
 
 
 def _class_counts(

@@ -16,11 +16,12 @@ The exception is a file whose bytes no format recognises but whose extension nam
 a format Pillow opens (``.jpg``, ``.png``...). It stays a candidate, so decoding
 quarantines it as ``not_an_image`` and it counts towards
 ``ingest.max_rejected_fraction``, as an HTML error page saved as ``photo.jpg``
-should.
+should. :data:`imgprep.reasons.REASON_CODES` describes every reason code.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -32,8 +33,8 @@ from typing import Any
 
 from imgprep.config import SourceSettings
 from imgprep.decode import SNIFF_BYTES, opened_format_for_name, sniff_format
-from imgprep.errors import SourceError
-from imgprep.paths import display_path
+from imgprep.errors import Quarantined, SourceError
+from imgprep.paths import display_path, is_inside
 from imgprep.split import normalize_split_name
 
 __all__ = [
@@ -116,19 +117,33 @@ def _is_hidden(name: str) -> bool:
 def _skip(
     result: ScanResult, path: str, reason: str, message: str, **extra: Any
 ) -> None:
-    entry = {"path": display_path(path), "reason": reason, "message": message}
+    entry = {
+        "path": display_path(path),
+        "reason": reason,
+        "message": display_path(message),
+    }
     entry.update(extra)
     result.skipped.append(entry)
 
 
-def _sniff(absolute: str) -> tuple[str | None, str | None]:
-    """Return (format, error) from a file's leading bytes."""
+def _sniff(absolute: str) -> str | None:
+    """Return the format that a file's leading bytes identify.
+
+    Raises
+    ------
+    Quarantined
+        With reason ``missing_file`` or ``unreadable`` when the file cannot be read.
+    """
     try:
         with open(absolute, "rb") as handle:
             prefix = handle.read(SNIFF_BYTES)
+    except FileNotFoundError:
+        raise Quarantined("missing_file", "file vanished during the scan") from None
     except OSError as error:
-        return None, f"{type(error).__name__}: {error.strerror or error}"
-    return sniff_format(prefix, os.path.basename(absolute)), None
+        raise Quarantined(
+            "unreadable", f"{type(error).__name__}: {error.strerror or error}"
+        ) from None
+    return sniff_format(prefix, os.path.basename(absolute))
 
 
 def _walk_files(
@@ -140,26 +155,25 @@ def _walk_files(
 ) -> Iterator[tuple[str, os.stat_result]]:
     """Yield (relative path, stat) of the regular files below ``top``, sorted.
 
-    Hidden entries, symbolic links (unless followed) and links that resolve outside
-    the root are recorded as skipped.
+    Hidden entries, symbolic links (unless followed), links that resolve outside
+    the root and link loops are recorded as skipped. A folder reached twice through
+    links is walked once, so the walk ends.
     """
     visited: set[tuple[int, int]] = set()
     stack = [top]
     while stack:
         directory = stack.pop()
+        rel = os.path.relpath(directory, relative_to).replace(os.sep, "/")
         try:
             info = os.stat(directory)
-        except OSError as error:
-            rel = os.path.relpath(directory, relative_to)
-            _skip(result, rel + "/", "unreadable", str(error))
-            continue
-        if (info.st_dev, info.st_ino) in visited:
-            continue
-        visited.add((info.st_dev, info.st_ino))
-        try:
+            if (info.st_dev, info.st_ino) in visited:
+                continue
+            visited.add((info.st_dev, info.st_ino))
             entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except FileNotFoundError:
+            _skip(result, rel + "/", "missing_file", "folder vanished during the scan")
+            continue
         except OSError as error:
-            rel = os.path.relpath(directory, relative_to)
             _skip(result, rel + "/", "unreadable", f"cannot list folder: {error}")
             continue
         subdirectories = []
@@ -187,7 +201,7 @@ def _walk_files(
                         )
                         continue
                     target = os.path.realpath(entry.path)
-                    if not _inside(target, real_root):
+                    if not is_inside(target, real_root):
                         _skip(
                             result,
                             rel,
@@ -196,8 +210,14 @@ def _walk_files(
                         )
                         continue
                 entry_stat = entry.stat(follow_symlinks=True)
+            except FileNotFoundError:
+                _skip(result, rel, "missing_file", "file vanished during the scan")
+                continue
             except OSError as error:
-                _skip(result, rel, "unreadable", str(error))
+                if error.errno == errno.ELOOP:
+                    _skip(result, rel, "symlink", "symbolic link loop not followed")
+                else:
+                    _skip(result, rel, "unreadable", str(error))
                 continue
             if stat.S_ISDIR(entry_stat.st_mode):
                 subdirectories.append(entry.path)
@@ -206,10 +226,6 @@ def _walk_files(
             else:
                 _skip(result, rel, "not_a_file", "not a regular file")
         stack.extend(reversed(subdirectories))
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _classify_file(
@@ -252,9 +268,10 @@ def _classify_file(
         return True
     if file_stat.st_size == 0:
         return True  # decoding reports it as empty, with the reason code
-    fmt, error = _sniff(os.path.join(root, rel))
-    if error is not None:
-        _skip(result, rel, "unreadable", error)
+    try:
+        fmt = _sniff(os.path.join(root, rel))
+    except Quarantined as error:
+        _skip(result, rel, error.reason, error.message)
         return False
     if fmt is None:
         if opened_format_for_name(name) is not None:
@@ -262,6 +279,69 @@ def _classify_file(
         _skip(result, rel, "not_an_image", "leading bytes are not a known image format")
         return False
     return True
+
+
+def _folder_entry_kind(
+    entry: os.DirEntry[str],
+    rel: str,
+    settings: SourceSettings,
+    real_root: str,
+    result: ScanResult,
+) -> str | None:
+    """Return ``"folder"`` or ``"file"`` for an entry above the class folders.
+
+    Hidden entries, symbolic links that are not followed, links that resolve
+    outside the root and entries that cannot be read are recorded as skipped, and
+    None is returned for them.
+    """
+    try:
+        is_folder = entry.is_dir(follow_symlinks=False)
+        if _is_hidden(entry.name):
+            kind = "folder" if is_folder else "file"
+            _skip(
+                result,
+                rel + ("/" if is_folder else ""),
+                "hidden",
+                f"hidden {kind} skipped",
+            )
+            return None
+        if entry.is_symlink():
+            if not settings.follow_symlinks:
+                _skip(
+                    result,
+                    rel,
+                    "symlink",
+                    "symbolic link not followed; set source.follow_symlinks: true "
+                    "to follow links",
+                )
+                return None
+            target = os.path.realpath(entry.path)
+            if not is_inside(target, real_root):
+                _skip(
+                    result,
+                    rel,
+                    "outside_root",
+                    f"symbolic link resolves outside the source root: {target}",
+                )
+                return None
+            is_folder = entry.is_dir(follow_symlinks=True)
+    except OSError as error:
+        _skip(result, rel, "unreadable", str(error))
+        return None
+    return "folder" if is_folder else "file"
+
+
+def _sorted_entries(
+    directory: str, rel: str, result: ScanResult
+) -> list[os.DirEntry[str]]:
+    """Return the entries of a folder by name, or [] after recording why not."""
+    try:
+        return sorted(os.scandir(directory), key=lambda entry: entry.name)
+    except FileNotFoundError:
+        _skip(result, rel + "/", "missing_file", "folder vanished during the scan")
+    except OSError as error:
+        _skip(result, rel + "/", "unreadable", f"cannot list folder: {error}")
+    return []
 
 
 def _scan_folder(
@@ -273,12 +353,11 @@ def _scan_folder(
         top_entries = sorted(os.scandir(root), key=lambda entry: entry.name)
     except OSError as error:
         raise SourceError(f"cannot list source root {root}: {error}") from None
-    top_dirs = [
-        entry
+    top_kinds = [
+        (entry, _folder_entry_kind(entry, entry.name, settings, real_root, result))
         for entry in top_entries
-        if not _is_hidden(entry.name)
-        and entry.is_dir(follow_symlinks=settings.follow_symlinks)
     ]
+    top_dirs = [entry for entry, kind in top_kinds if kind == "folder"]
     split_dirs = {
         entry.name: normalize_split_name(entry.name)
         for entry in top_dirs
@@ -288,16 +367,8 @@ def _scan_folder(
     result.has_source_split = split_layout
 
     # Files directly under the root (or under a split folder) belong to no class.
-    for entry in top_entries:
-        if _is_hidden(entry.name):
-            kind = "folder" if entry.is_dir(follow_symlinks=False) else "file"
-            _skip(
-                result,
-                entry.name + ("/" if kind == "folder" else ""),
-                "hidden",
-                f"hidden {kind} skipped",
-            )
-        elif not entry.is_dir(follow_symlinks=settings.follow_symlinks):
+    for entry, kind in top_kinds:
+        if kind == "file":
             result.files_seen += 1
             _skip(
                 result,
@@ -310,19 +381,12 @@ def _scan_folder(
     if split_layout:
         for entry in top_dirs:
             split = split_dirs[entry.name]
-            for child in sorted(os.scandir(entry.path), key=lambda e: e.name):
+            for child in _sorted_entries(entry.path, entry.name, result):
                 rel = f"{entry.name}/{child.name}"
-                if _is_hidden(child.name):
-                    kind = "folder" if child.is_dir(follow_symlinks=False) else "file"
-                    _skip(
-                        result,
-                        rel + ("/" if kind == "folder" else ""),
-                        "hidden",
-                        f"hidden {kind} skipped",
-                    )
-                elif child.is_dir(follow_symlinks=settings.follow_symlinks):
+                kind = _folder_entry_kind(child, rel, settings, real_root, result)
+                if kind == "folder":
                     class_dirs.append((split, child.name, child.path))
-                else:
+                elif kind == "file":
                     result.files_seen += 1
                     _skip(
                         result,
@@ -335,7 +399,9 @@ def _scan_folder(
 
     per_class: Counter[str] = Counter()
     folder_names: set[str] = set()
-    for split, label, directory in class_dirs:
+    for split, folder_name, directory in class_dirs:
+        # A folder name that is not valid UTF-8 becomes a printable class name.
+        label = display_path(folder_name)
         folder_names.add(label)
         for rel, file_stat in _walk_files(directory, root, settings, result, real_root):
             if _classify_file(root, rel, file_stat, settings, known, result):
@@ -352,7 +418,37 @@ def _scan_folder(
                 )
     result.empty_classes = sorted(name for name in folder_names if per_class[name] == 0)
     result.candidates.sort(key=lambda candidate: candidate.key)
+    _skip_key_collisions(result)
     return result
+
+
+def _skip_key_collisions(result: ScanResult) -> None:
+    """Skip candidates whose printable path equals that of an earlier candidate.
+
+    Two names collide only when one contains undecodable bytes and the other
+    contains the same ``\\xNN`` text. Records are keyed by printable path, so only
+    the first file of each key (by raw name) is kept and the others are listed.
+    """
+    by_key: dict[str, list[Candidate]] = defaultdict(list)
+    for candidate in result.candidates:
+        by_key[candidate.key].append(candidate)
+    if all(len(group) == 1 for group in by_key.values()):
+        return
+    kept = []
+    for key, group in by_key.items():
+        group.sort(
+            key=lambda candidate: candidate.path.encode("utf-8", "surrogateescape")
+        )
+        kept.append(group[0])
+        for other in group[1:]:
+            _skip(
+                result,
+                other.path,
+                "name_collision",
+                f"printable path {key!r} is also that of another file, which is "
+                "ingested under it; rename one of the two files",
+            )
+    result.candidates = sorted(kept, key=lambda candidate: candidate.key)
 
 
 def _read_table(path: str) -> list[dict[str, Any]]:
@@ -363,9 +459,14 @@ def _read_table(path: str) -> list[dict[str, Any]]:
         if lower.endswith((".parquet", ".pq")):
             frame = pd.read_parquet(path)
             frame = frame.astype(object).where(frame.notna(), None)
-        elif lower.endswith((".csv", ".tsv", ".txt")):
-            frame = pd.read_csv(
+            return frame.to_dict("records")
+        if lower.endswith((".csv", ".tsv", ".txt")):
+            # With header=None, a row with more cells than the header is a parse
+            # error. With a header, pandas would silently turn the extra leading
+            # cells into an index and shift every column.
+            cells = pd.read_csv(
                 path,
+                header=None,
                 dtype=str,
                 keep_default_na=False,
                 encoding="utf-8-sig",
@@ -383,11 +484,18 @@ def _read_table(path: str) -> list[dict[str, Any]]:
         raise SourceError(
             f"labels table {path} is not valid UTF-8 ({error}); save it as UTF-8"
         ) from None
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, NotImplementedError) as error:
         if isinstance(error, SourceError):
             raise
         raise SourceError(f"cannot read labels table {path}: {error}") from None
-    return frame.to_dict("records")
+    header = [str(name) for name in cells.iloc[0]]
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise SourceError(
+            f"labels table {path} repeats the column names {duplicated}; give each "
+            "column its own name"
+        )
+    return [dict(zip(header, values, strict=True)) for values in cells.values[1:]]
 
 
 def _cell(row: Mapping[str, Any], column: str | None) -> str | None:
@@ -396,6 +504,9 @@ def _cell(row: Mapping[str, Any], column: str | None) -> str | None:
     value = row[column]
     if value is None:
         return None
+    if isinstance(value, bytes):
+        # A Parquet binary cell can name a file that is not valid UTF-8.
+        return os.fsdecode(value)
     return str(value)
 
 
@@ -409,19 +520,36 @@ def _normalize_label(label: str, settings: SourceSettings) -> str:
     return label
 
 
-def _table_path(raw: str) -> tuple[str | None, str | None]:
-    """Return (relative POSIX path, None) or (None, reason) for a table path cell."""
+def _table_path(raw: str) -> str:
+    """Return the relative POSIX path that a table's path cell names.
+
+    Surrounding whitespace is removed and backslashes count as separators.
+
+    Raises
+    ------
+    Quarantined
+        With reason ``blank_path``, ``invalid_path`` or ``outside_root``.
+    """
     text = raw.strip().replace("\\", "/")
-    if not text:
-        return None, "blank_path"
+    if "\x00" in text:
+        raise Quarantined(
+            "invalid_path",
+            "path contains a NUL character, which is invalid in a file name",
+        )
     if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
-        return None, "outside_root"
+        raise Quarantined(
+            "outside_root",
+            "path is absolute; table paths must be relative to source.root",
+        )
     parts = [part for part in PurePosixPath(text).parts if part not in ("", ".")]
-    if any(part == ".." for part in parts):
-        return None, "outside_root"
+    if ".." in parts:
+        raise Quarantined(
+            "outside_root",
+            "path contains '..'; table paths must stay below source.root",
+        )
     if not parts:
-        return None, "blank_path"
-    return "/".join(parts), None
+        raise Quarantined("blank_path", "path cell is blank")
+    return "/".join(parts)
 
 
 def _scan_table(
@@ -449,15 +577,13 @@ def _scan_table(
     )
     for index, row in enumerate(rows, start=1):
         raw_path = _cell(row, columns.path) or ""
-        raw_label = _cell(row, columns.label) or ""
-        rel, reason = _table_path(raw_path)
-        if reason is not None:
-            message = {
-                "blank_path": "path cell is blank",
-                "outside_root": "path is absolute or contains '..'; table paths must "
-                "be relative to source.root",
-            }[reason]
-            _skip(result, raw_path, reason, message, row=index)
+        # Labels and groups are stored in JSON and Parquet, so a binary cell that
+        # is not valid UTF-8 gets the same \xNN escapes as a path.
+        raw_label = display_path(_cell(row, columns.label) or "")
+        try:
+            rel = _table_path(raw_path)
+        except Quarantined as error:
+            _skip(result, raw_path, error.reason, error.message, row=index)
             continue
         label = _normalize_label(raw_label, settings)
         if not label.strip():
@@ -483,6 +609,7 @@ def _scan_table(
                 )
                 continue
         group = _cell(row, group_column)
+        group = display_path(group) if group is not None else None
         group = group.strip() if group and group.strip() else None
         by_path[rel].append((index, label, source_split, group))
 
@@ -491,17 +618,28 @@ def _scan_table(
         labels = {label for _, label, _, _ in entries}
         splits = {split for _, _, split, _ in entries}
         if len(labels) > 1 or len(splits) > 1:
-            what = "labels" if len(labels) > 1 else "splits"
+            listed = [entry[0] for entry in entries]
             for index, label, _, _ in entries:
-                _skip(
-                    result,
-                    rel,
-                    f"conflicting_{'label' if what == 'labels' else 'split'}",
-                    f"path appears in rows {[e[0] for e in entries]} with different "
-                    f"{what}: {sorted(labels if what == 'labels' else map(str, splits))}",
-                    row=index,
-                    label=label,
-                )
+                if len(labels) > 1:
+                    _skip(
+                        result,
+                        rel,
+                        "conflicting_label",
+                        f"path appears in rows {listed} with different labels: "
+                        f"{sorted(labels)}",
+                        row=index,
+                        label=label,
+                    )
+                else:
+                    _skip(
+                        result,
+                        rel,
+                        "conflicting_split",
+                        f"path appears in rows {listed} with different splits: "
+                        f"{sorted(map(str, splits))}",
+                        row=index,
+                        label=label,
+                    )
             continue
         index, label, source_split, group = entries[0]
         for duplicate_index, *_ in entries[1:]:
@@ -524,12 +662,13 @@ def _scan_table(
                 row=index,
             )
             continue
-        if not _inside(os.path.realpath(absolute), real_root):
+        resolved = os.path.realpath(absolute)
+        if not is_inside(resolved, real_root):
             _skip(
                 result,
                 rel,
                 "outside_root",
-                f"path resolves outside the source root: {os.path.realpath(absolute)}",
+                f"path resolves outside the source root: {resolved}",
                 row=index,
             )
             continue
@@ -539,7 +678,10 @@ def _scan_table(
             _skip(result, rel, "missing_file", f"file not found: {absolute}", row=index)
             continue
         except OSError as error:
-            _skip(result, rel, "unreadable", str(error), row=index)
+            if error.errno == errno.ELOOP:
+                _skip(result, rel, "symlink", "symbolic link loop", row=index)
+            else:
+                _skip(result, rel, "unreadable", str(error), row=index)
             continue
         if not stat.S_ISREG(file_stat.st_mode):
             _skip(result, rel, "not_a_file", "not a regular file", row=index)

@@ -150,7 +150,25 @@ class Store:
                 "the manifest may have been tampered with",
                 ref,
             )
-        return self.root / ref
+        path = self.root / ref
+        if not self.is_inside_objects(path):
+            raise CorruptObjectError(
+                f"object {ref} is a symbolic link or resolves outside "
+                f"{self.objects_dir}; objects must be regular files in the store",
+                ref,
+            )
+        return path
+
+    def is_inside_objects(self, path: Path) -> bool:
+        """Return False when ``path`` is a link or resolves outside ``objects/``.
+
+        A missing file counts as inside: the caller reports it as missing.
+        """
+        if path.is_symlink():
+            return False
+        objects = os.path.realpath(self.objects_dir)
+        resolved = os.path.realpath(path)
+        return resolved.startswith(objects + os.sep)
 
     def version_dir(self, version: int) -> Path:
         return self.versions_dir / f"{version:0{VERSION_DIGITS}d}"
@@ -169,27 +187,18 @@ class Store:
         if self._intact(final, digest, len(data)):
             return ObjectRef(ref, digest, len(data))
         temp = self.temp_path("." + ext)
-        with open(temp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            _write_synced(temp, data)
+        except OSError as error:
+            temp.unlink(missing_ok=True)
+            raise StoreError(
+                f"writing object {ref} ({len(data):,} bytes) to {temp} failed: "
+                f"{error}. No version was written; free space or raise the file-size "
+                "limit, then run again"
+            ) from error
         crash_point("object_temp_written")
         self._move_into_place(temp, final)
         return ObjectRef(ref, digest, len(data))
-
-    def put_file(self, temp: Path, ext: str) -> ObjectRef:
-        """Move a finished temporary file into the store under its content address."""
-        with open(temp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        digest, size = sha256_file(temp)
-        ref = f"objects/{digest[:2]}/{digest}.{ext}"
-        final = self.root / ref
-        if self._intact(final, digest, size):
-            temp.unlink()
-            return ObjectRef(ref, digest, size)
-        crash_point("object_temp_written")
-        self._move_into_place(temp, final)
-        return ObjectRef(ref, digest, size)
 
     @staticmethod
     def _intact(path: Path, digest: str, size: int) -> bool:
@@ -199,7 +208,7 @@ class Store:
         replaced by the next write of the same content.
         """
         try:
-            if path.stat().st_size != size:
+            if path.is_symlink() or path.stat().st_size != size:
                 return False
         except FileNotFoundError:
             return False
@@ -331,11 +340,18 @@ class Store:
             self.tmp_dir / f"version-{version:0{VERSION_DIGITS}d}-{uuid.uuid4().hex}"
         )
         staging.mkdir(parents=True)
-        for name, data in files.items():
-            _write_synced(staging / name, data)
-        crash_point("version_temp_written")
         text = json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False)
-        _write_synced(staging / "manifest.json", (text + "\n").encode("utf-8"))
+        try:
+            for name, data in files.items():
+                _write_synced(staging / name, data)
+            crash_point("version_temp_written")
+            _write_synced(staging / "manifest.json", (text + "\n").encode("utf-8"))
+        except OSError as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise StoreError(
+                f"writing version {version} into {staging} failed: {error}. No version "
+                "was written; free space or raise the file-size limit, then run again"
+            ) from error
         _fsync_dir(staging)
         crash_point("manifest_temp_written")
         self.versions_dir.mkdir(parents=True, exist_ok=True)

@@ -964,14 +964,16 @@ def test_time_limit_shorter_outer_wins() -> None:
                 busy(5)
 
 
-def test_time_limit_noop_in_thread() -> None:
+def test_time_limit_in_thread() -> None:
     def run() -> str:
         with time_limit(0.01):
             busy(0.2)
         return "finished"
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        assert pool.submit(run).result() == "finished"
+        with pytest.raises(Quarantined) as caught:
+            pool.submit(run).result()
+    assert caught.value.reason == "decode_timeout"
 
 
 def test_time_limit_rejects_bad_seconds() -> None:
