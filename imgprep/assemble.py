@@ -60,6 +60,11 @@ class ParentState:
     pixel: dict[str, Any]
 
 
+# Chunking of small decode lists: about this many chunks, of at least MIN_CHUNK files.
+TARGET_CHUNKS = 8
+MIN_CHUNK = 64
+
+
 @dataclass
 class IngestPlan:
     """Which candidates are reused from the parent and which are decoded."""
@@ -75,8 +80,16 @@ class IngestPlan:
     candidates: dict[str, Candidate] = field(default_factory=dict)
 
     def chunks(self, size: int) -> list[list[Candidate]]:
-        """Return the files to decode in chunks of at most ``size``, in key order."""
-        return [self.decode[i : i + size] for i in range(0, len(self.decode), size)]
+        """Return the files to decode in chunks of at most ``size``, in key order.
+
+        A small decode list is cut into about :data:`TARGET_CHUNKS` chunks of at
+        least :data:`MIN_CHUNK` files, so that a refresh of a few hundred files still
+        uses every worker. The chunking depends only on the list and ``size``, never
+        on the machine, so equal inputs give equal shards everywhere.
+        """
+        count = len(self.decode)
+        step = min(size, max(MIN_CHUNK, -(-count // TARGET_CHUNKS)))
+        return [self.decode[i : i + step] for i in range(0, count, step)]
 
 
 def plan_ingest(

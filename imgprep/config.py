@@ -201,10 +201,12 @@ class ImageSettings(_Settings):
 
 class IngestSettings(_Settings):
     chunk_size: int = Field(
-        256,
+        1024,
         ge=1,
         le=100_000,
-        description="Images per ingest task. Each task should carry seconds of work.",
+        description="Maximum images per ingest task. Each task should carry seconds "
+        "of work; fewer than 8 chunks' worth of files are cut into about 8 chunks of "
+        "at least 64 files.",
     )
     max_rejected_fraction: float = Field(
         0.5,
