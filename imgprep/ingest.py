@@ -276,6 +276,7 @@ def ingest_files(
     image = config.image
     result = ChunkResult(key=key)
     accepted: list[tuple[dict[str, Any], np.ndarray]] = []
+    counts: list[np.ndarray | None] = []
     for item in items:
         base = _base_record(item)
         try:
@@ -328,8 +329,9 @@ def ingest_files(
             **_info_fields(decoded.info),
         }
         accepted.append((record, decoded.pixels))
+        counts.append(decoded.histogram)
 
-    result.histograms = _split_histograms(accepted, image.channels, image.dtype)
+    result.histograms = _split_histograms(accepted, counts)
     per_shard = config.output.rows_per_shard
     for start in range(0, len(accepted), per_shard):
         group = accepted[start : start + per_shard]
@@ -361,14 +363,27 @@ def _info_fields(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def _split_histograms(
-    accepted: list[tuple[dict[str, Any], np.ndarray]], channels: int, dtype: str
+    accepted: list[tuple[dict[str, Any], np.ndarray]],
+    counts: list[np.ndarray | None],
 ) -> dict[str, ChannelHistogram]:
-    by_split: dict[str, list[np.ndarray]] = {}
-    for record, pixels in accepted:
-        by_split.setdefault(record["split"], []).append(pixels)
+    """Return the exact histogram of each split's pixels in this chunk.
+
+    The decoder's per-image counts are summed where it gave them (uint8 output);
+    otherwise the pixels are counted with numpy.
+    """
+    by_split: dict[str, list[int]] = {}
+    for index, (record, _) in enumerate(accepted):
+        by_split.setdefault(record["split"], []).append(index)
     histograms = {}
-    for split, arrays in sorted(by_split.items()):
-        histograms[split] = ChannelHistogram.of(np.stack(arrays))
+    for split, indices in sorted(by_split.items()):
+        given = [counts[i] for i in indices]
+        if all(item is not None for item in given):
+            histograms[split] = ChannelHistogram.from_counts(
+                np.sum(np.stack(given), axis=0)
+            )
+        else:
+            pixels = np.stack([accepted[i][1] for i in indices])
+            histograms[split] = ChannelHistogram.of(pixels)
     return histograms
 
 

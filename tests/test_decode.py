@@ -1086,3 +1086,90 @@ def test_pillow_images_only_quarantine(data_dir: Path) -> None:
     assert counts["too_many_pixels"] >= 5
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     assert Image.MAX_IMAGE_PIXELS == 89_478_485
+
+
+# ---------------------------------------------------------------------------
+# simplejpeg and Pillow decode JPEGs to the same pixels
+
+
+def photo_like(width: int, height: int, seed: int, mode: str = "RGB") -> Image.Image:
+    """Return a smooth image with noise, which JPEG encodes like a photo."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width]
+    base = np.stack(
+        [
+            (xs * 255 // width),
+            (ys * 255 // height),
+            ((xs + ys) * 127 // (width + height)),
+        ],
+        axis=-1,
+    ).astype(np.int16)
+    noisy = np.clip(base + rng.integers(-20, 21, base.shape), 0, 255).astype(np.uint8)
+    image = Image.fromarray(noisy)
+    return image.convert("L") if mode == "L" else image
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize(
+    "resize", ["stretch", "pad", "shorter_side_crop", "center_crop"]
+)
+@pytest.mark.parametrize(
+    ("width", "height", "out"), [(400, 300, 64), (257, 383, 100), (90, 70, 64)]
+)
+@pytest.mark.parametrize("progressive", [False, True])
+def test_simplejpeg_matches_pillow(mode, resize, width, height, out, progressive):
+    data = encode(
+        photo_like(width, height, seed=width + height, mode=mode),
+        "JPEG",
+        quality=90,
+        progressive=progressive,
+    )
+    fast = decode(data, height=out, width=out, resize=resize, color_mode=mode)
+    slow = decode(
+        data,
+        height=out,
+        width=out,
+        resize=resize,
+        color_mode=mode,
+        jpeg_decoder="pillow",
+    )
+    assert np.array_equal(fast.pixels, slow.pixels)
+    assert fast.info == slow.info
+    assert np.array_equal(fast.histogram, slow.histogram)
+
+
+def test_simplejpeg_fallback_names_truncation() -> None:
+    data = encode(photo_like(200, 150, seed=3), "JPEG", quality=90)
+    cut = data[: len(data) * 6 // 10]
+    assert reason_of(cut, height=32, width=32) == "truncated"
+    assert reason_of(cut, height=32, width=32, jpeg_decoder="pillow") == "truncated"
+
+
+def test_cmyk_jpeg_uses_pillow() -> None:
+    data = encode(photo_like(80, 60, seed=4).convert("CMYK"), "JPEG", quality=95)
+    fast = decode(data, height=16, width=16)
+    slow = decode(data, height=16, width=16, jpeg_decoder="pillow")
+    assert np.array_equal(fast.pixels, slow.pixels)
+    assert "cmyk_naive" in fast.info["conversions"]
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("image_format", ["PNG", "JPEG"])
+def test_histogram_counts_pixels(mode, image_format):
+    data = encode(photo_like(120, 90, seed=5, mode=mode), image_format)
+    decoded = decode(data, height=24, width=32, color_mode=mode)
+    channels = decoded.pixels.shape[-1]
+    expected = np.stack(
+        [
+            np.bincount(decoded.pixels[..., c].ravel(), minlength=256)
+            for c in range(channels)
+        ]
+    )
+    assert decoded.histogram.dtype == np.int64
+    assert np.array_equal(decoded.histogram, expected)
+
+
+def test_histogram_absent_for_uint16() -> None:
+    data = encode(photo_like(40, 30, seed=6), "PNG")
+    decoded = decode(data, height=8, width=8, dtype="uint16")
+    assert decoded.histogram is None
