@@ -53,17 +53,34 @@ def _chunk_runner(config: PrepareConfig) -> Iterator[TaskRunner]:
         with task_runner:
             yield task_runner
     elif runner.type == "process":
-        # Twice as many task threads as processes: while Prefect records one
-        # finished chunk, the next one already waits in the pool's queue, so no
-        # worker process sits idle between chunks.
-        with (
-            process_pool(workers),
-            ThreadPoolTaskRunner(max_workers=2 * workers) as pool,
-        ):
+        # The caller opened the process pool (see _open_process_pool). Twice as
+        # many task threads as processes: while Prefect records one finished
+        # chunk, the next one already waits in the pool's queue, so no worker
+        # process sits idle between chunks.
+        with ThreadPoolTaskRunner(max_workers=2 * workers) as pool:
             yield pool
     else:
         with ThreadPoolTaskRunner(max_workers=workers) as pool:
             yield pool
+
+
+class _LocalPool:
+    """The process pool of the ``process`` runner, opened at most once per run."""
+
+    def __init__(self, config: PrepareConfig) -> None:
+        self._config = config
+        self._stack = contextlib.ExitStack()
+        self.is_open = False
+
+    def open(self) -> None:
+        if self._config.runner.type == "process" and not self.is_open:
+            workers = self._config.runner.workers or cpu_count()
+            self._stack.enter_context(process_pool(workers))
+            self.is_open = True
+
+    def close(self) -> None:
+        self._stack.close()
+        self.is_open = False
 
 
 def _unwrapped(value: Any) -> Any:
@@ -102,9 +119,13 @@ def prepare_dataset(config: PrepareConfig, rehash: bool = False) -> dict[str, An
         config.source.root,
         store.root,
     )
-    with store.lock(config.output.lock_timeout_s):
+    pool = _LocalPool(config)
+    with store.lock(config.output.lock_timeout_s), contextlib.closing(pool):
         progress.step("scan")
         parent = load_parent_state(str(store.root))
+        if parent is None:
+            # A first build decodes every file: the workers start during the scan.
+            pool.open()
         scan = scan_source_files(config, quote(parent))
         crash_point("scan_done")
         plan = plan_source(quote(scan), quote(parent), rehash)
@@ -117,6 +138,7 @@ def prepare_dataset(config: PrepareConfig, rehash: bool = False) -> dict[str, An
         batches = plan.chunks(config.ingest.chunk_size)
         decode_started = time.perf_counter()
         if batches:
+            pool.open()
             # prefect-dask 0.3 hands a quote()-wrapped argument to the task as a
             # tuple, so chunk arguments are quoted only for the local runners.
             wrap = _unwrapped if config.runner.type == "dask" else quote
@@ -155,6 +177,8 @@ def prepare_dataset(config: PrepareConfig, rehash: bool = False) -> dict[str, An
                 elapsed,
                 len(plan.decode) / max(elapsed, 1e-9),
             )
+        # The workers' memory is freed before the rest of the run.
+        pool.close()
 
         progress.step("assemble")
         assembled = assemble_version_samples(

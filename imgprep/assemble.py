@@ -82,14 +82,21 @@ class IngestPlan:
     def chunks(self, size: int) -> list[list[Candidate]]:
         """Return the files to decode in chunks of at most ``size``, in key order.
 
-        A small decode list is cut into about :data:`TARGET_CHUNKS` chunks of at
-        least :data:`MIN_CHUNK` files, so that a refresh of a few hundred files still
-        uses every worker. The chunking depends only on the list and ``size``, never
-        on the machine, so equal inputs give equal shards everywhere.
+        Each chunk takes at most 1/:data:`TARGET_CHUNKS` of the files still left,
+        and at least :data:`MIN_CHUNK` files. So a few hundred files still spread
+        over every worker, and chunks shrink towards the end of a long list, which
+        keeps workers from waiting on one last large chunk. The chunking depends only
+        on the list and ``size``, never on the machine, so equal inputs give equal
+        shards everywhere.
         """
-        count = len(self.decode)
-        step = min(size, max(MIN_CHUNK, -(-count // TARGET_CHUNKS)))
-        return [self.decode[i : i + step] for i in range(0, count, step)]
+        chunks = []
+        start, count = 0, len(self.decode)
+        while start < count:
+            remaining = count - start
+            step = min(size, max(MIN_CHUNK, -(-remaining // TARGET_CHUNKS)))
+            chunks.append(self.decode[start : start + step])
+            start += step
+        return chunks
 
 
 def plan_ingest(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -45,6 +46,10 @@ def process_pool(workers: int) -> Iterator[Executor]:
     else:  # pragma: no cover - macOS and Windows have no forkserver
         context = multiprocessing.get_context("spawn")
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    # The pool starts its workers on demand; one short call per worker starts them
+    # all now, so they load their modules while the caller scans the source.
+    for _ in range(workers):
+        executor.submit(time.sleep, 0.05)
     previous, _pool = _pool, executor
     try:
         yield executor

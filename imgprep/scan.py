@@ -268,14 +268,17 @@ def _classify_file(
         return True
     if file_stat.st_size == 0:
         return True  # decoding reports it as empty, with the reason code
+    if opened_format_for_name(name) is not None:
+        # A name that claims an image makes the file a candidate whatever its bytes
+        # are, and decoding reads it anyway: reading its first bytes here as well
+        # would only cost a read per file.
+        return True
     try:
         fmt = _sniff(os.path.join(root, rel))
     except Quarantined as error:
         _skip(result, rel, error.reason, error.message)
         return False
     if fmt is None:
-        if opened_format_for_name(name) is not None:
-            return True  # the name claims an image; decoding quarantines it
         _skip(result, rel, "not_an_image", "leading bytes are not a known image format")
         return False
     return True
