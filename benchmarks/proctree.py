@@ -41,27 +41,36 @@ def _read_stream(stream: IO[bytes], chunks: list[bytes]) -> None:
     stream.close()
 
 
-def _tree_rss(root: psutil.Process) -> tuple[int, int, int]:
-    """Return (summed RSS, max single-process RSS, process count) of a tree.
+def _tree_rss(
+    root: psutil.Process, cpu_by_pid: dict[int, float]
+) -> tuple[int, int, int, int]:
+    """Return (summed RSS, summed PSS, max single-process RSS, process count).
 
-    Processes that exit between listing and reading are skipped.
+    PSS (proportional set size) splits each shared page among the processes that
+    map it, so its sum does not count a page twice. ``cpu_by_pid`` is updated with
+    each process's CPU seconds so far. Processes that exit between listing and
+    reading are skipped.
     """
     try:
         processes = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0, 0, 0
+        return 0, 0, 0, 0
     total = 0
+    proportional = 0
     largest = 0
     counted = 0
     for process in processes:
         try:
-            rss = process.memory_info().rss
+            memory = process.memory_full_info()
+            times = process.cpu_times()
         except psutil.Error:
             continue
-        total += rss
-        largest = max(largest, rss)
+        total += memory.rss
+        proportional += getattr(memory, "pss", memory.rss)
+        largest = max(largest, memory.rss)
+        cpu_by_pid[process.pid] = times.user + times.system
         counted += 1
-    return total, largest, counted
+    return total, proportional, largest, counted
 
 
 def _cpu_seconds(usage: resource.struct_rusage) -> float:
@@ -81,6 +90,9 @@ def run_measured(
     - ``wall_s``: seconds from start to exit.
     - ``cpu_s``: user plus system CPU seconds of the whole tree.
     - ``peak_rss_bytes``: maximum over samples of the RSS summed over the tree.
+    - ``peak_pss_bytes``: the same for PSS, which counts shared pages once.
+    - ``tree_cpu_s``: CPU seconds of every process seen in the tree, summed from
+      its last sample (work after the last sample is missing, so it errs low).
     - ``max_process_rss_bytes``: largest RSS of a single process in any sample.
     - ``max_processes``: largest number of processes in one sample.
     - ``samples``: number of samples taken.
@@ -106,6 +118,8 @@ def run_measured(
         reader.start()
 
     root = psutil.Process(process.pid)
+    cpu_by_pid: dict[int, float] = {}
+    peak_pss = 0
     peak_rss = 0
     max_process_rss = 0
     max_processes = 0
@@ -113,8 +127,9 @@ def run_measured(
     # poll() reaps the child once it exits and the loop then stops, so the root PID
     # cannot be reused by another process while it is sampled.
     while process.poll() is None:
-        total, largest, counted = _tree_rss(root)
+        total, proportional, largest, counted = _tree_rss(root, cpu_by_pid)
         peak_rss = max(peak_rss, total)
+        peak_pss = max(peak_pss, proportional)
         max_process_rss = max(max_process_rss, largest)
         max_processes = max(max_processes, counted)
         samples += 1
@@ -129,6 +144,8 @@ def run_measured(
         "wall_s": wall_s,
         "cpu_s": _cpu_seconds(children_after) - _cpu_seconds(children_before),
         "peak_rss_bytes": peak_rss,
+        "peak_pss_bytes": peak_pss,
+        "tree_cpu_s": sum(cpu_by_pid.values()),
         "max_process_rss_bytes": max_process_rss,
         "max_processes": max_processes,
         "samples": samples,

@@ -251,7 +251,6 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in commands}
     for round_index in range(args.repeat):
         for name, command in commands.items():
-            started = time.time()
             result = command()
             if result.get("returncode") != 0:
                 print(result.get("stderr", "")[-3000:], file=sys.stderr)
@@ -261,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             runs[name].append(result)
             print(f"round {round_index + 1} {name}: {result['wall_s']:.2f} s wall, "
                   f"{result['cpu_s']:.2f} s CPU, "
-                  f"{result['peak_rss_bytes'] / 2**20:.0f} MiB, started {started:.0f}",
+                  f"{result['peak_rss_bytes'] / 2**20:.0f} MiB RSS, "
+                  f"{result['peak_pss_bytes'] / 2**20:.0f} MiB PSS",
                   flush=True)
 
     summary = summarize(runs)
@@ -296,7 +296,9 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         entry = {
             "wall_s": wall,
             "cpu_s": median(name, "cpu_s"),
+            "tree_cpu_s": median(name, "tree_cpu_s"),
             "peak_rss_mib": (median(name, "peak_rss_bytes") or 0) / 2**20,
+            "peak_pss_mib": (median(name, "peak_pss_bytes") or 0) / 2**20,
             "output_bytes": median(name, "output_bytes"),
             "images": items[0].get("images") if items else None,
         }
