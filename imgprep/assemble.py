@@ -22,7 +22,7 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -184,15 +184,25 @@ class AssembleResult:
         return [row for row in self.sources if row["status"] == "ingested"]
 
 
-def _shard_rows_index(
-    rows: Iterable[dict[str, Any]],
-) -> dict[str, list[dict[str, Any]]]:
-    by_shard: dict[str, list[dict[str, Any]]] = defaultdict(list)
+class _Written(NamedTuple):
+    """What one shard row was written as: its row, label, split and source key."""
+
+    shard_row: int
+    label: str
+    split: str
+    key: str
+
+
+def _written_index(rows: Iterable[dict[str, Any]]) -> dict[str, list[_Written]]:
+    """Map each shard to what its rows were written as, in row order."""
+    by_shard: dict[str, list[_Written]] = defaultdict(list)
     for row in rows:
         if row.get("shard"):
-            by_shard[row["shard"]].append(row)
+            by_shard[row["shard"]].append(
+                _Written(row["shard_row"], row["label"], row["split"], row["key"])
+            )
     for shard_rows in by_shard.values():
-        shard_rows.sort(key=lambda r: r["shard_row"])
+        shard_rows.sort()
     return by_shard
 
 
@@ -303,11 +313,22 @@ def assemble_samples(
     previous = {row["key"]: row for row in (parent.sources if parent else [])}
     candidates = plan.candidates
     samples: list[dict[str, Any]] = []
+    # What the parent's shards hold, and which samples it had, are taken before its
+    # rows are reused in place below.
+    parent_written = _written_index(
+        row for row in (parent.sources if parent else []) if row["status"] == "ingested"
+    )
+    parent_ids = {
+        (row["sample_id"], row["key"])
+        for row in (parent.sources if parent else [])
+        if row["status"] == "ingested"
+    }
     reused_keys = set(plan.reuse) | unchanged_by_rehash
     for key in sorted(reused_keys):
-        old = previous[key]
+        # The parent's row becomes the sample in place: at 100,000 files a copy of
+        # every row cost about 200 MB.
+        sample = previous[key]
         candidate = candidates[key]
-        sample = dict(old)
         sample.update(
             status="ingested",
             reason=None,
@@ -345,14 +366,11 @@ def assemble_samples(
     parent_shards = [
         s for s in (parent.shards if parent else []) if s["kind"] == "samples"
     ]
-    parent_rows = _shard_rows_index(
-        row for row in (parent.sources if parent else []) if row["status"] == "ingested"
-    )
     for entry in parent_shards:
-        written[entry["path"]] = parent_rows.get(entry["path"], [])
+        written[entry["path"]] = parent_written.get(entry["path"], [])
         written_classes[entry["path"]] = parent.classes if parent else []
         shard_entries[entry["path"]] = entry
-    chunk_rows = _shard_rows_index(r for c in chunks for r in c.records)
+    chunk_rows = _written_index(r for c in chunks for r in c.records)
     histograms = {split: ChannelHistogram(channels, dtype) for split in SPLITS}
     if parent is not None:
         for split, hist in parent.histograms.items():
@@ -371,14 +389,14 @@ def assemble_samples(
     new_shard_paths = {entry["path"] for chunk in chunks for entry in chunk.shards}
     for path, rows in written.items():
         entry = shard_entries[path]
-        keep_rows = [kept_at.get((path, row["shard_row"])) for row in rows]
+        keep_rows = [kept_at.get((path, row.shard_row)) for row in rows]
         unchanged = (
             all(k is not None for k in keep_rows)
             and written_classes[path] == classes
             and all(
-                k["label"] == row["label"]
-                and k["split"] == row["split"]
-                and k["key"] == row["key"]
+                k["label"] == row.label
+                and k["split"] == row.split
+                and k["key"] == row.key
                 for k, row in zip(keep_rows, rows, strict=True)
             )
             and entry["format"] == config.output.format
@@ -445,11 +463,6 @@ def assemble_samples(
     for split in SPLITS:
         counter = Counter(s["label"] for s in kept if s["split"] == split)
         counts[split] = {name: counter.get(name, 0) for name in classes}
-    parent_ids = {
-        (row["sample_id"], row["key"])
-        for row in (parent.sources if parent else [])
-        if row["status"] == "ingested"
-    }
     kept_ids = {(s["sample_id"], s["key"]) for s in kept}
     changed_keys = _changed_keys(plan, previous, chunks)
     seen_keys = len(plan.changed_keys) + len(plan.unchanged_keys)

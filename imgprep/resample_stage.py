@@ -238,16 +238,12 @@ def _write_synthetic(
     label_index = {name: i for i, name in enumerate(classes)}
     dtype = np.dtype(config.image.dtype)
     per_shard = config.output.rows_per_shard
+    parent_pixels = _ParentCache(reader, train, parents, labels)
     shards = []
     for start in range(0, parents.shape[0], per_shard):
         stop = min(start + per_shard, parents.shape[0])
         pair = parents[start:stop]
-        a = reader.pixels_of(
-            [(train[i]["shard"], train[i]["shard_row"]) for i in pair[:, 0]]
-        )
-        b = reader.pixels_of(
-            [(train[i]["shard"], train[i]["shard_row"]) for i in pair[:, 1]]
-        )
+        a, b = parent_pixels.pairs(start, stop)
         pixels = interpolate_pixels(a, b, coefficients[start:stop], dtype)
         ids, parent_ids = [], []
         for offset in range(stop - start):
@@ -285,6 +281,63 @@ def _write_synthetic(
                 }
             )
     return shards
+
+
+class _ParentCache:
+    """Pixels of the parents of synthetic rows, loaded one class at a time.
+
+    The sampler emits synthetic rows class by class. Before the first row of a run
+    of one class is interpolated, the pixels of every parent that run needs are read
+    with one pass over the shards; they are dropped once the run is written. So each
+    shard is read once per class, and memory holds one class's parents.
+    """
+
+    def __init__(
+        self,
+        reader: ShardReader,
+        train: Sequence[dict[str, Any]],
+        parents: np.ndarray,
+        labels: Sequence[str],
+    ) -> None:
+        self._reader = reader
+        self._train = train
+        self._parents = parents
+        self._runs: list[tuple[int, int]] = []
+        start = 0
+        for index in range(1, len(labels) + 1):
+            if index == len(labels) or labels[index] != labels[start]:
+                self._runs.append((start, index))
+                start = index
+        self._loaded: dict[int, dict[int, np.ndarray]] = {}
+
+    def _load(self, run: int) -> None:
+        start, stop = self._runs[run]
+        needed = np.unique(self._parents[start:stop].ravel())
+        locations = [
+            (self._train[i]["shard"], self._train[i]["shard_row"]) for i in needed
+        ]
+        block = self._reader.pixels_of(locations)
+        self._loaded[run] = {int(i): block[j] for j, i in enumerate(needed)}
+
+    def pairs(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return the (a, b) parent pixels of synthetic rows ``start:stop``."""
+        wanted = [
+            run
+            for run, (run_start, run_stop) in enumerate(self._runs)
+            if run_start < stop and run_stop > start
+        ]
+        for run in list(self._loaded):
+            if run not in wanted:
+                del self._loaded[run]
+        pixels: dict[int, np.ndarray] = {}
+        for run in wanted:
+            if run not in self._loaded:
+                self._load(run)
+            pixels.update(self._loaded[run])
+        pair = self._parents[start:stop]
+        first = np.stack([pixels[int(i)] for i in pair[:, 0]])
+        second = np.stack([pixels[int(i)] for i in pair[:, 1]])
+        return first, second
 
 
 def lineage_table_bytes(rows: ColumnRows) -> bytes:
