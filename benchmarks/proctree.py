@@ -42,14 +42,15 @@ def _read_stream(stream: IO[bytes], chunks: list[bytes]) -> None:
 
 
 def _tree_rss(
-    root: psutil.Process, cpu_by_pid: dict[int, float]
+    root: psutil.Process, cpu_by_pid: dict[int, float], with_pss: bool = True
 ) -> tuple[int, int, int, int]:
     """Return (summed RSS, summed PSS, max single-process RSS, process count).
 
     PSS (proportional set size) splits each shared page among the processes that
-    map it, so its sum does not count a page twice. ``cpu_by_pid`` is updated with
-    each process's CPU seconds so far. Processes that exit between listing and
-    reading are skipped.
+    map it, so its sum does not count a page twice. Reading it walks every mapping
+    of a process, which costs far more CPU than RSS, so with ``with_pss=False`` the
+    PSS sum is 0. ``cpu_by_pid`` is updated with each process's CPU seconds so far.
+    Processes that exit between listing and reading are skipped.
     """
     try:
         processes = [root, *root.children(recursive=True)]
@@ -61,7 +62,7 @@ def _tree_rss(
     counted = 0
     for process in processes:
         try:
-            memory = process.memory_full_info()
+            memory = process.memory_full_info() if with_pss else process.memory_info()
             times = process.cpu_times()
         except psutil.Error:
             continue
@@ -82,8 +83,12 @@ def run_measured(
     cmd: list[str],
     env: Mapping[str, str] | None = None,
     interval_s: float = 0.05,
+    pss_every: int = 5,
 ) -> dict[str, Any]:
     """Run ``cmd`` to completion while sampling the RSS of its process tree.
+
+    RSS is read every ``interval_s`` seconds and PSS on every ``pss_every``-th
+    sample, which keeps the sampler's own CPU use small next to the command's.
 
     Returns a dict with these keys:
 
@@ -127,7 +132,9 @@ def run_measured(
     # poll() reaps the child once it exits and the loop then stops, so the root PID
     # cannot be reused by another process while it is sampled.
     while process.poll() is None:
-        total, proportional, largest, counted = _tree_rss(root, cpu_by_pid)
+        total, proportional, largest, counted = _tree_rss(
+            root, cpu_by_pid, with_pss=samples % pss_every == 0
+        )
         peak_rss = max(peak_rss, total)
         peak_pss = max(peak_pss, proportional)
         max_process_rss = max(max_process_rss, largest)

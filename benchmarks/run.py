@@ -71,7 +71,9 @@ def folder_bytes(path: Path) -> int:
 
 
 def count_images(corpus: Path) -> int:
-    return sum(1 for p in corpus.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return sum(
+        1 for p in corpus.rglob("*") if p.is_file() and not p.name.startswith(".")
+    )
 
 
 def link_tree(source: Path, target: Path) -> None:
@@ -81,8 +83,9 @@ def link_tree(source: Path, target: Path) -> None:
     subprocess.run(["cp", "-al", str(source), str(target)], check=True)
 
 
-def write_config(path: Path, corpus: Path, store: Path, args: argparse.Namespace,
-                 **extra: Any) -> Path:
+def write_config(
+    path: Path, corpus: Path, store: Path, args: argparse.Namespace, **extra: Any
+) -> Path:
     import yaml
 
     config: dict[str, Any] = {
@@ -111,15 +114,20 @@ def library_versions(python: str) -> dict[str, str]:
         "    except Exception: out[n] = 'not installed'\n"
         "print(json.dumps(out))\n"
     )
-    return json.loads(subprocess.run([python, "-c", code], capture_output=True,
-                                     text=True, check=True).stdout)
+    return json.loads(
+        subprocess.run(
+            [python, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+    )
 
 
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "affinity": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else None,
     }
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -135,29 +143,49 @@ def machine() -> dict[str, Any]:
 
 def manifest_refresh(store: Path) -> dict[str, Any]:
     latest = int((store / "LATEST").read_text())
-    manifest = json.loads((store / "versions" / f"{latest:06d}" / "manifest.json").read_text())
+    manifest = json.loads(
+        (store / "versions" / f"{latest:06d}" / "manifest.json").read_text()
+    )
     return manifest["refresh"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path, required=True,
-                        help="class-per-folder corpus written by make_corpus.py")
+    parser.add_argument(
+        "--corpus",
+        type=Path,
+        required=True,
+        help="class-per-folder corpus written by make_corpus.py",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per command")
     parser.add_argument("--size", type=int, default=64, help="output side in pixels")
     parser.add_argument("--workers", type=int, default=2, help="decode processes")
-    parser.add_argument("--chunk-size", type=int, default=256,
-                        help="images per ingest task and per decode_limit chunk")
-    parser.add_argument("--runner", default="process", choices=["thread", "process"],
-                        help="imgprep runner.type")
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        default=256,
+        help="images per ingest task and per decode_limit chunk",
+    )
+    parser.add_argument(
+        "--runner",
+        default="process",
+        choices=["thread", "process"],
+        help="imgprep runner.type",
+    )
     parser.add_argument("--seed", type=int, default=0, help="make_corpus.py seed")
     parser.add_argument("--smote", action="store_true", help="also measure SMOTE")
-    parser.add_argument("--only", nargs="*", default=None,
-                        help="measure only these commands")
-    parser.add_argument("--work", type=Path, default=None,
-                        help="scratch folder (default: a new temporary folder)")
-    parser.add_argument("--out", type=Path, default=HERE / "results",
-                        help="folder for the JSON results")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="measure only these commands"
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="scratch folder (default: a new temporary folder)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=HERE / "results", help="folder for the JSON results"
+    )
     return parser.parse_args(argv)
 
 
@@ -184,9 +212,21 @@ def main(argv: list[str] | None = None) -> int:
     grown = work / "grown"
     link_tree(corpus, grown)
     subprocess.run(
-        [python, str(HERE / "make_corpus.py"), "--start", str(n_images), "--count",
-         str(n_new), "--out", str(grown), "--seed", str(args.seed)],
-        check=True, env=env, capture_output=True,
+        [
+            python,
+            str(HERE / "make_corpus.py"),
+            "--start",
+            str(n_images),
+            "--count",
+            str(n_new),
+            "--out",
+            str(grown),
+            "--seed",
+            str(args.seed),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
     )
 
     # A base store that holds the corpus, built once outside the measurements.
@@ -195,14 +235,20 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(base_store)
     base_config = write_config(work / "base.yaml", corpus, base_store, args)
     print(f"building the base store of {n_images} images ...", flush=True)
-    subprocess.run([imgprep, "run", "-c", str(base_config), "--no-progress"],
-                   check=True, env=env, capture_output=True)
+    subprocess.run(
+        [imgprep, "run", "-c", str(base_config), "--no-progress"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
 
     def full_build() -> dict[str, Any]:
         store = work / "full-store"
         shutil.rmtree(store, ignore_errors=True)
         config = write_config(work / "full.yaml", corpus, store, args)
-        result = run_measured([imgprep, "run", "-c", str(config), "--no-progress"], env=env)
+        result = run_measured(
+            [imgprep, "run", "-c", str(config), "--no-progress"], env=env
+        )
         result["output_bytes"] = folder_bytes(store / "objects")
         result["images"] = n_images
         result["refresh"] = manifest_refresh(store)
@@ -212,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
         store = work / f"{name}-store"
         link_tree(base_store, store)
         config = write_config(work / f"{name}.yaml", source, store, args, **extra)
-        result = run_measured([imgprep, "run", "-c", str(config), "--no-progress"], env=env)
+        result = run_measured(
+            [imgprep, "run", "-c", str(config), "--no-progress"], env=env
+        )
         result["images"] = images
         result["refresh"] = manifest_refresh(store)
         return result
@@ -220,9 +268,21 @@ def main(argv: list[str] | None = None) -> int:
     def decode_limit() -> dict[str, Any]:
         out = work / "decode-limit-out"
         result = run_measured(
-            [python, str(HERE / "decode_limit.py"), "--corpus", str(corpus), "--out",
-             str(out), "--workers", str(args.workers), "--size", str(args.size),
-             "--chunk-size", str(args.chunk_size), "--overwrite"],
+            [
+                python,
+                str(HERE / "decode_limit.py"),
+                "--corpus",
+                str(corpus),
+                "--out",
+                str(out),
+                "--workers",
+                str(args.workers),
+                "--size",
+                str(args.size),
+                "--chunk-size",
+                str(args.chunk_size),
+                "--overwrite",
+            ],
             env=env,
         )
         result["output_bytes"] = folder_bytes(out)
@@ -243,7 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.smote:
         commands["smote"] = lambda: refresh(
-            corpus, "smote", 0, resample={"method": "smote", "sampling_strategy": "auto"}
+            corpus,
+            "smote",
+            0,
+            resample={"method": "smote", "sampling_strategy": "auto"},
         )
     if args.only:
         commands = {k: v for k, v in commands.items() if k in args.only}
@@ -254,15 +317,19 @@ def main(argv: list[str] | None = None) -> int:
             result = command()
             if result.get("returncode") != 0:
                 print(result.get("stderr", "")[-3000:], file=sys.stderr)
-                raise SystemExit(f"{name} failed with exit code {result.get('returncode')}")
+                raise SystemExit(
+                    f"{name} failed with exit code {result.get('returncode')}"
+                )
             result.pop("stdout", None)
             result.pop("stderr", None)
             runs[name].append(result)
-            print(f"round {round_index + 1} {name}: {result['wall_s']:.2f} s wall, "
-                  f"{result['cpu_s']:.2f} s CPU, "
-                  f"{result['peak_rss_bytes'] / 2**20:.0f} MiB RSS, "
-                  f"{result['peak_pss_bytes'] / 2**20:.0f} MiB PSS",
-                  flush=True)
+            print(
+                f"round {round_index + 1} {name}: {result['wall_s']:.2f} s wall, "
+                f"{result['cpu_s']:.2f} s CPU, "
+                f"{result['peak_rss_bytes'] / 2**20:.0f} MiB RSS, "
+                f"{result['peak_pss_bytes'] / 2**20:.0f} MiB PSS",
+                flush=True,
+            )
 
     summary = summarize(runs)
     report = {
