@@ -13,8 +13,8 @@ Decoders, each returning an RGB numpy array:
 - ``simplejpeg_fast``: the same with ``fastdct=True`` and ``fastupsample=True``.
 - ``pillow_full`` (with ``--full``): full-size Pillow decode, for scale.
 
-simplejpeg is not a dependency of imgprep, so run this with an interpreter that has
-simplejpeg, numpy and Pillow installed.
+imgprep decodes plain RGB and grayscale JPEG files with simplejpeg because of this
+comparison, so the project's virtual environment has everything the script needs.
 """
 
 from __future__ import annotations
