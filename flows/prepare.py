@@ -97,13 +97,18 @@ def _flow_run_id() -> str | None:
 
 
 @flow(name="prepare-dataset", log_prints=False, validate_parameters=True)
-def prepare_dataset(config: PrepareConfig, rehash: bool = False) -> dict[str, Any]:
+def prepare_dataset(
+    config: PrepareConfig, rehash: bool = False, rebuild: bool = False
+) -> dict[str, Any]:
     """Prepare an image dataset: ingest, profile, fit, resample, write a version.
 
     Args:
         config: The run's configuration; see config/default.yaml for every key.
         rehash: Read every source file again and compare its sha256 with the
             recorded sample id, instead of trusting unchanged size and mtime.
+        rebuild: Decode every file again and reuse no shard of the parent version,
+            which also rewrites damaged objects. A change of the image settings
+            rebuilds without this flag.
 
     Returns:
         A summary with the version number, its folder and the run's counters.
@@ -122,13 +127,13 @@ def prepare_dataset(config: PrepareConfig, rehash: bool = False) -> dict[str, An
     pool = _LocalPool(config)
     with store.lock(config.output.lock_timeout_s), contextlib.closing(pool):
         progress.step("scan")
-        parent = load_parent_state(str(store.root))
+        parent = load_parent_state(str(store.root), rebuild)
         if parent is None:
             # A first build decodes every file: the workers start during the scan.
             pool.open()
         scan = scan_source_files(config, quote(parent))
         crash_point("scan_done")
-        plan = plan_source(quote(scan), quote(parent), rehash)
+        plan = plan_source(quote(scan), quote(parent), rehash, config, rebuild)
         classes = scan.classes
         check_sampling_request(config, quote(scan))
 

@@ -58,6 +58,27 @@ class ParentState:
     histograms: dict[str, ChannelHistogram]
     shard_schema: dict[str, str]
     pixel: dict[str, Any]
+    image: dict[str, Any] = field(default_factory=dict)
+
+
+def image_settings_changes(
+    parent: ParentState | None, config: PrepareConfig
+) -> list[str]:
+    """Return the ``image`` settings that differ from the parent's, as
+    ``"image.KEY OLD -> NEW"`` lines.
+
+    These settings decide the stored pixels, so when any differs no parent pixel can
+    be reused and every file is decoded again.
+    """
+    if parent is None:
+        return []
+    current = config.image.model_dump(mode="json")
+    changes = []
+    for key in sorted(set(current) | set(parent.image)):
+        old, new = parent.image.get(key), current.get(key)
+        if old != new:
+            changes.append(f"image.{key} {old!r} -> {new!r}")
+    return changes
 
 
 # Chunking of small decode lists: about this many chunks, of at least MIN_CHUNK files.
@@ -78,6 +99,8 @@ class IngestPlan:
     unchanged_keys: list[str] = field(default_factory=list)
     removed_keys: list[str] = field(default_factory=list)
     candidates: dict[str, Candidate] = field(default_factory=dict)
+    # Why the parent's pixels are not reused, or None for an incremental refresh.
+    rebuild: str | None = None
 
     def chunks(self, size: int) -> list[list[Candidate]]:
         """Return the files to decode in chunks of at most ``size``, in key order.
@@ -100,13 +123,22 @@ class IngestPlan:
 
 
 def plan_ingest(
-    scan: ScanResult, parent: ParentState | None, *, rehash: bool = False
+    scan: ScanResult,
+    parent: ParentState | None,
+    *,
+    rehash: bool = False,
+    rebuild: str | None = None,
 ) -> IngestPlan:
     """Split the scan's candidates into reused samples and files to decode.
 
     With ``rehash``, every previously ingested file is read again and decoded only
-    when its bytes no longer hash to the recorded sample id.
+    when its bytes no longer hash to the recorded sample id. With ``rebuild`` (the
+    reason, such as changed image settings), every file is decoded and nothing of
+    the parent is reused. The new, changed, unchanged and removed files are still
+    counted against the parent.
     """
+    if rebuild is not None and parent is not None:
+        return _plan_rebuild(scan, parent, rebuild)
     plan = IngestPlan()
     previous = {row["key"]: row for row in (parent.sources if parent else [])}
     conflicting: list[Candidate] = []
@@ -157,6 +189,31 @@ def plan_ingest(
             plan.reuse_quarantine[candidate.key] = old
         else:
             plan.decode.append(candidate)
+    plan.decode.sort(key=lambda candidate: candidate.key)
+    plan.removed_keys = sorted(
+        key
+        for key, row in previous.items()
+        if key not in plan.candidates and row["status"] != "skipped"
+    )
+    return plan
+
+
+def _plan_rebuild(scan: ScanResult, parent: ParentState, reason: str) -> IngestPlan:
+    plan = IngestPlan(rebuild=reason)
+    previous = {row["key"]: row for row in parent.sources}
+    for candidate in scan.candidates:
+        plan.candidates[candidate.key] = candidate
+        plan.decode.append(candidate)
+        old = previous.get(candidate.key)
+        if old is None or old["status"] == "skipped":
+            plan.new_keys.append(candidate.key)
+        elif (
+            old.get("size") == candidate.size
+            and old.get("mtime_ns") == candidate.mtime_ns
+        ):
+            plan.unchanged_keys.append(candidate.key)
+        else:
+            plan.changed_keys.append(candidate.key)
     plan.decode.sort(key=lambda candidate: candidate.key)
     plan.removed_keys = sorted(
         key
@@ -363,8 +420,9 @@ def assemble_samples(
     written: dict[str, list[dict[str, Any]]] = {}
     written_classes: dict[str, list[str]] = {}
     shard_entries: dict[str, dict[str, Any]] = {}
+    reuse_parent = parent is not None and plan.rebuild is None
     parent_shards = [
-        s for s in (parent.shards if parent else []) if s["kind"] == "samples"
+        s for s in (parent.shards if reuse_parent else []) if s["kind"] == "samples"
     ]
     for entry in parent_shards:
         written[entry["path"]] = parent_written.get(entry["path"], [])
@@ -372,7 +430,7 @@ def assemble_samples(
         shard_entries[entry["path"]] = entry
     chunk_rows = _written_index(r for c in chunks for r in c.records)
     histograms = {split: ChannelHistogram(channels, dtype) for split in SPLITS}
-    if parent is not None:
+    if parent is not None and reuse_parent:
         for split, hist in parent.histograms.items():
             histograms[split] += hist
     for chunk in chunks:
@@ -468,6 +526,7 @@ def assemble_samples(
     seen_keys = len(plan.changed_keys) + len(plan.unchanged_keys)
     refresh = {
         "parent": parent.version if parent else None,
+        "rebuild": plan.rebuild,
         "files_new": len(plan.new_keys),
         "files_changed": len(changed_keys),
         "files_unchanged": seen_keys - len(changed_keys),

@@ -31,7 +31,7 @@ from imgprep.config import SPLITS
 from imgprep.errors import CorruptObjectError, SchemaMismatchError, StoreError
 from imgprep.manifest import Manifest
 from imgprep.scan import natural_class_order
-from imgprep.shards import check_schema
+from imgprep.shards import check_pixel_layout, check_schema, schema_metadata
 from imgprep.store import Store, remove_path, sha256_file
 from imgprep.version import load_manifest, read_object_table
 
@@ -170,7 +170,8 @@ def version_log(store: Store, newest_first: bool = True) -> list[dict[str, Any]]
     """Summarize every committed version, newest first unless ``newest_first`` is False.
 
     Each entry has ``version``, ``dataset``, ``created``, ``parent``,
-    ``parent_present`` (False when the parent version was removed from the store),
+    ``parent_present`` (False when the parent version was removed from the store,
+    None for a version without a parent),
     ``flow_run_id``, ``samples_before`` and ``samples_after`` (split -> samples before
     and after resampling), ``quarantined``, ``config_hash``, ``refresh`` (the
     manifest's refresh counters) and ``error``. A version whose manifest is invalid
@@ -192,7 +193,9 @@ def version_log(store: Store, newest_first: bool = True) -> list[dict[str, Any]]
                 "dataset": manifest.dataset,
                 "created": manifest.created,
                 "parent": manifest.parent,
-                "parent_present": manifest.parent is None or manifest.parent in numbers,
+                "parent_present": (
+                    None if manifest.parent is None else manifest.parent in numbers
+                ),
                 "flow_run_id": manifest.flow_run_id,
                 "samples_before": dict(counts.get("totals_before", {})),
                 "samples_after": dict(counts.get("totals_after", {})),
@@ -687,9 +690,13 @@ class _Checker:
 
 
 def _check_parquet_schema(
-    location: Path, expected: Mapping[str, str], path: str
+    location: Path,
+    expected: Mapping[str, str],
+    path: str,
+    pixel: Mapping[str, Any] | None = None,
 ) -> tuple[list[str], list[str], str | None]:
-    """Read a Parquet shard's footer and compare its schema with the manifest's.
+    """Read a Parquet shard's footer and compare its schema and pixel layout with
+    the manifest's.
 
     Returns the problems, their descriptions and the column that differs.
     """
@@ -701,8 +708,15 @@ def _check_parquet_schema(
         return ["parquet"], [f"not valid Parquet: {error}"], None
     try:
         check_schema(schema, dict(expected), path)
+        # A shard without imgprep metadata is left to the column check: the reader
+        # rejects it when it reads the pixels.
+        if pixel is not None and schema.metadata and b"imgprep" in schema.metadata:
+            meta = schema_metadata(schema, path)
+            check_pixel_layout(meta["pixel_shape"], meta["pixel_dtype"], pixel, path)
     except SchemaMismatchError as error:
         return ["schema"], [str(error)], error.column
+    except (KeyError, TypeError, ValueError) as error:
+        return ["schema"], [f"invalid imgprep schema metadata: {error!r}"], None
     return [], [], None
 
 
@@ -755,7 +769,7 @@ def verify_version(
             details.append(address)
         if shard.format == "parquet":
             found, described, column = _check_parquet_schema(
-                location, manifest.shard_schema, shard.path
+                location, manifest.shard_schema, shard.path, manifest.pixel
             )
             problems += found
             details += described

@@ -112,7 +112,11 @@ class DatasetVersion:
     def _read(self, entry: Any) -> ShardRows:
         data = self.store.read_object(entry.path, entry.sha256, entry.bytes)
         return read_shard(
-            data, entry.format, dict(self.manifest.shard_schema), path=entry.path
+            data,
+            entry.format,
+            dict(self.manifest.shard_schema),
+            path=entry.path,
+            expected_pixel=self.manifest.pixel,
         ).rows
 
     def rows(self, split: str, resampled: bool = True) -> Iterator[Batch]:

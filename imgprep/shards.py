@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ __all__ = [
     "COLUMNS",
     "ROW_GROUP_BYTES",
     "ShardRows",
+    "check_pixel_layout",
     "check_schema",
     "npz_bytes",
     "pixels_from_column",
@@ -217,6 +218,37 @@ def check_schema(
             f"shard {path or ''} has columns the manifest does not list: {extra}",
             path,
             extra[0],
+        )
+
+
+def check_pixel_layout(
+    shape: Sequence[int],
+    dtype: str,
+    expected: Mapping[str, Any],
+    path: str | None = None,
+) -> None:
+    """Raise SchemaMismatchError when a shard's pixel shape or dtype is not the
+    manifest's ``pixel`` entry.
+
+    Image settings such as the output size or colour mode change the pixel layout,
+    not the Arrow schema, so a shard written under other settings passes
+    :func:`check_schema` and is caught here.
+    """
+    wanted_shape = [int(v) for v in expected["shape"]]
+    found_shape = [int(v) for v in shape]
+    if found_shape != wanted_shape:
+        raise SchemaMismatchError(
+            f"shard {path or ''} holds pixels of shape {found_shape} but the manifest "
+            f"records {wanted_shape}; the shard does not belong to this version",
+            path,
+            "pixels",
+        )
+    if str(dtype) != str(expected["dtype"]):
+        raise SchemaMismatchError(
+            f"shard {path or ''} holds {dtype} pixels but the manifest records "
+            f"{expected['dtype']}; the shard does not belong to this version",
+            path,
+            "pixels",
         )
 
 
@@ -439,8 +471,10 @@ def read_shard(
     fmt: str,
     expected_schema: dict[str, str] | None = None,
     path: str | None = None,
+    expected_pixel: Mapping[str, Any] | None = None,
 ) -> ShardData:
-    """Parse a shard's bytes, checking its schema against the manifest's."""
+    """Parse a shard's bytes, checking its schema and pixel layout against the
+    manifest's ``shard_schema`` and ``pixel`` entries when they are given."""
     if fmt == "parquet":
         try:
             table = pq.read_table(pa.BufferReader(data))
@@ -452,6 +486,8 @@ def read_shard(
             check_schema(table.schema, expected_schema, path)
         meta = schema_metadata(table.schema, path)
         shape = meta["pixel_shape"]
+        if expected_pixel is not None:
+            check_pixel_layout(shape, meta["pixel_dtype"], expected_pixel, path)
         pixels = pixels_from_column(table.column("pixels"), shape, meta["pixel_dtype"])
         coefficients = table.column("coefficient").to_numpy(zero_copy_only=False)
         rows = ShardRows(
@@ -475,6 +511,11 @@ def read_shard(
             raise CorruptObjectError(
                 f"shard {path} is not a valid .npz: {error}", path
             ) from None
+        if expected_pixel is not None:
+            pixels = arrays["pixels"]
+            check_pixel_layout(
+                pixels.shape[1:], str(pixels.dtype), expected_pixel, path
+            )
         parents = [[p for p in pair if p] for pair in arrays["parents"].tolist()]
         rows = ShardRows(
             sample_ids=arrays["ids"].tolist(),

@@ -123,6 +123,7 @@ def load_parent(store: Store) -> Any:
         histograms=histograms,
         shard_schema=dict(manifest.shard_schema),
         pixel=dict(manifest.pixel),
+        image=dict(manifest.config_resolved.get("image") or {}),
     )
 
 

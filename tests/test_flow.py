@@ -10,6 +10,7 @@ import pytest
 
 import imgprep
 from imgprep.demo import DEMO_COUNTS
+from imgprep.errors import SourceError
 from tests.helpers import (
     folder_counts,
     make_config,
@@ -163,3 +164,14 @@ def test_statistics_do_not_depend_on_chunk_size(demo_version, demo_tree, tmp_pat
     assert first["normalization"] == second["normalization"]
     assert first["counts"] == second["counts"]
     assert len(second["shards"]) > len(first["shards"])
+
+
+def test_empty_source_fails_after_scan(tmp_path):
+    root = tmp_path / "images"
+    (root / "cats").mkdir(parents=True)
+    (root / "dogs").mkdir()
+    (root / "dogs" / ".hidden.png").write_bytes(b"not looked at")
+    store = tmp_path / "store"
+    with pytest.raises(SourceError, match="no image files found in the source root"):
+        run_flow(make_config(root, store))
+    assert not (store / "LATEST").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 
 import imgprep
+from imgprep.errors import SchemaMismatchError
 from imgprep.reader import Batch
 from imgprep.store import Store
 from imgprep.version import load_manifest, read_object_table
@@ -30,6 +32,7 @@ from tests.helpers import make_config, read_manifest, run_flow
 from tests.scripts.store_checks import (
     encode_image,
     histogram_arrays,
+    sample_shard_sha256s,
     verify_version,
     write_image_tree,
 )
@@ -590,3 +593,108 @@ def test_resampling_after_refresh_equals_rebuild(resample_history):
         assert ids_a, "SMOTE added no synthetic rows to the training split"
     assert ids_a == ids_b
     assert np.array_equal(pixels_a, pixels_b)
+
+
+# -------------------------------------------------------------- image settings
+@pytest.fixture(scope="module")
+def settings_history(tmp_path_factory: pytest.TempPathFactory, prefect_harness):
+    """Refresh after a size change, then a colour-mode change, then rebuild a store
+    with a damaged object; build each new setting from scratch too."""
+    base = tmp_path_factory.mktemp("settings")
+    root = base / "images"
+    write_image_tree(root, {"a": 30, "b": 30}, seed=8)
+    store = base / "store"
+    resized = {**SETTINGS, "image": {"height": 24, "width": 20}}
+    gray = {**SETTINGS, "image": {"height": 24, "width": 20, "color_mode": "L"}}
+    run_flow(make_config(root, store, **SETTINGS))
+    run_flow(make_config(root, store, **resized))
+    run_flow(make_config(root, base / "scratch-resized", **resized))
+    run_flow(make_config(root, store, **gray))
+    run_flow(make_config(root, base / "scratch-gray", **gray))
+
+    # Damage one shard object of version 3, then rebuild on request.
+    damaged = store / read_manifest(store, 3)["shards"][0]["path"]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    damaged_report = imgprep_verify(store, 3)
+    run_flow(make_config(root, store, **gray), rebuild=True)
+    return {
+        "store": store,
+        "scratch": {2: base / "scratch-resized", 3: base / "scratch-gray"},
+        "damaged_report": damaged_report,
+    }
+
+
+def imgprep_verify(store: Path, version: int) -> dict[str, Any]:
+    from imgprep.audit import verify_version as audit_verify
+
+    return audit_verify(Store(store), version)
+
+
+def test_image_change_decodes_every_file(settings_history):
+    store = settings_history["store"]
+    for version in (2, 3):
+        refresh = read_manifest(store, version)["refresh"]
+        assert refresh["rebuild"].startswith("image settings changed"), version
+        assert refresh["images_decoded"] == 60, version
+        assert refresh["shards_reused"] == 0, version
+        assert refresh["files_unchanged"] == 60, version
+        assert refresh["samples_added"] == 0, version
+        assert refresh["samples_removed"] == 0, version
+    assert "image.height 16 -> 24" in read_manifest(store, 2)["refresh"]["rebuild"]
+    assert (
+        "image.color_mode 'RGB' -> 'L'"
+        in (read_manifest(store, 3)["refresh"]["rebuild"])
+    )
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_image_change_equals_scratch_build(settings_history, version):
+    store = settings_history["store"]
+    scratch = settings_history["scratch"][version]
+    ours, expected = read_manifest(store, version), read_manifest(scratch, 1)
+    assert ours["pixel"] == expected["pixel"]
+    assert ours["counts"] == expected["counts"]
+    assert ours["normalization"] == expected["normalization"]
+    assert sample_shard_sha256s(ours) == sample_shard_sha256s(expected)
+    arrays = histogram_arrays(store, ours)
+    expected_arrays = histogram_arrays(scratch, expected)
+    assert sorted(arrays) == sorted(expected_arrays)
+    for split in expected_arrays:
+        assert np.array_equal(arrays[split], expected_arrays[split]), split
+
+
+@pytest.mark.parametrize(("version", "shape"), [(2, (24, 20, 3)), (3, (24, 20, 1))])
+def test_image_change_reader_shape(settings_history, version, shape):
+    opened = imgprep.open_version(settings_history["store"], version)
+    assert opened.shape == shape
+    assert opened.load("train", resampled=False).pixels.shape[1:] == shape
+
+
+def test_rebuild_rewrites_damaged_object(settings_history):
+    store = settings_history["store"]
+    assert settings_history["damaged_report"]["status"] == "corrupt"
+    refresh = read_manifest(store, 4)["refresh"]
+    assert refresh["rebuild"] == "rebuild requested"
+    assert refresh["images_decoded"] == 60
+    # Same sources and settings give the same objects, so the rebuild rewrote the
+    # damaged object and version 3 verifies again.
+    assert read_manifest(store, 4)["shards"] == read_manifest(store, 3)["shards"]
+    assert verify_version(store, 3) == []
+    assert verify_version(store, 4) == []
+
+
+def test_foreign_pixel_shape_rejected(settings_history, tmp_path):
+    copy = tmp_path / "store"
+    shutil.copytree(settings_history["store"], copy)
+    manifest_path = copy / "versions" / "000002" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["pixel"]["shape"] = [16, 16, 3]
+    manifest_path.write_text(json.dumps(manifest))
+    report = imgprep_verify(copy, 2)
+    assert report["status"] == "corrupt"
+    problems = [c for c in report["checks"] if c.get("column") == "pixels"]
+    assert problems
+    with pytest.raises(SchemaMismatchError, match=r"shape \[24, 20, 3\]"):
+        imgprep.open_version(copy, 2).load("train", resampled=False)
