@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from imgprep.errors import ConfigError, ImgprepError
+from imgprep.errors import ConfigError, CorruptObjectError, ImgprepError
 
 __all__ = ["app", "main"]
 
@@ -38,8 +41,54 @@ def _prefect_defaults() -> None:
 
 
 def _fail(message: str, code: int = 1) -> None:
-    errors.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+    errors.print(
+        f"[bold red]error:[/] {escape(message)}",
+        highlight=False,
+        markup=True,
+        soft_wrap=True,
+    )
     raise typer.Exit(code)
+
+
+def _plural(count: int, noun: str) -> str:
+    """Return ``count`` with ``noun``, adding an s unless the count is 1."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+# Prefect 3 logs a failed flow run ("Encountered exception during execution") and a
+# failed task run ("Task run failed with exception") with exc_info on these loggers.
+PREFECT_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+
+
+class _DropImgprepTraceback(logging.Filter):
+    """Remove the traceback from log records whose exception is an ImgprepError.
+
+    The record's message, which includes the exception's text, is kept. The CLI
+    prints the same error once more as its final ``error:`` line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ImgprepError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+@contextmanager
+def _short_run_errors(verbose: bool) -> Iterator[None]:
+    """Hide Prefect's tracebacks of imgprep errors while the block runs."""
+    if verbose:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in PREFECT_RUN_LOGGERS]
+    dropper = _DropImgprepTraceback()
+    for logger in loggers:
+        logger.addFilter(dropper)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(dropper)
 
 
 def _print_table(rows: list[list[str]], title: str) -> None:
@@ -126,6 +175,7 @@ def run(
         list[str] | None,
         typer.Option(
             "--set",
+            metavar="KEY=VALUE",
             help="Override one key, such as --set image.height=32; repeatable. "
             "Values are parsed as YAML.",
         ),
@@ -133,13 +183,37 @@ def run(
     rehash: Annotated[
         bool,
         typer.Option(
+            "--rehash/--no-rehash",
+            metavar="",
             help="Read every source file again and compare its sha256, instead of "
-            "trusting unchanged size and modification time."
+            "trusting unchanged size and modification time.",
+        ),
+    ] = False,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild",
+            metavar="",
+            help="Decode every file again and reuse no shard of the latest version. "
+            "This also rewrites damaged objects that verify reports.",
         ),
     ] = False,
     progress_bar: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
+        bool,
+        typer.Option(
+            "--progress/--no-progress", metavar="", help="Show a progress bar."
+        ),
     ] = True,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            metavar="",
+            help="Show the full traceback when a step fails with an imgprep error; "
+            "without it the log shows one line per failure.",
+        ),
+    ] = False,
 ) -> None:
     """Prepare a dataset version as the config describes, and print its summary."""
     from imgprep.config import load_config
@@ -156,14 +230,21 @@ def run(
 
     reporter = _RichProgress() if progress_bar and sys.stderr.isatty() else None
     try:
-        if reporter is not None:
-            progress.set_reporter(reporter)
-            with reporter:
-                result = prepare_dataset(settings, rehash=rehash)
-        else:
-            result = prepare_dataset(settings, rehash=rehash)
+        with _short_run_errors(verbose):
+            if reporter is not None:
+                progress.set_reporter(reporter)
+                with reporter:
+                    result = prepare_dataset(settings, rehash=rehash, rebuild=rebuild)
+            else:
+                result = prepare_dataset(settings, rehash=rehash, rebuild=rebuild)
     except ConfigError as error:
         _fail(str(error), 2)
+    except CorruptObjectError as error:
+        _fail(
+            f"{error}. The latest version references a damaged or missing object; "
+            "run again with --rebuild to decode every file from the sources and "
+            "rewrite it"
+        )
     except ImgprepError as error:
         _fail(str(error))
     finally:
@@ -175,7 +256,8 @@ def run(
 @app.command("demo-data")
 def demo_data(
     destination: Annotated[
-        Path, typer.Argument(help="Folder to write the demo tree to.")
+        Path,
+        typer.Argument(metavar="DESTINATION", help="Folder to write the demo tree to."),
     ],
     size: Annotated[
         int, typer.Option(help="Side of the square images in pixels.")
@@ -184,7 +266,12 @@ def demo_data(
     """Write the demo data set: scikit-learn's handwritten digits, long-tailed."""
     from imgprep.demo import write_demo_data
 
-    counts = write_demo_data(destination, size=size)
+    try:
+        counts = write_demo_data(destination, size=size)
+    except ValueError as error:
+        _fail(str(error), 2)
+    except OSError as error:
+        _fail(f"writing the demo data to {destination} failed: {error}")
     console.print(
         f"wrote {sum(counts.values())} images in {len(counts)} classes to {destination} "
         f"(per class: {counts})"
@@ -193,9 +280,9 @@ def demo_data(
 
 @app.command()
 def show(
-    ref: Annotated[str, typer.Argument(help="STORE or STORE@VERSION.")],
+    ref: Annotated[str, typer.Argument(metavar="REF", help="STORE or STORE@VERSION.")],
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print the manifest as JSON.")
+        bool, typer.Option("--json", metavar="", help="Print the manifest as JSON.")
     ] = False,
 ) -> None:
     """Print the summary of a version (default: the latest).
@@ -224,17 +311,29 @@ def show(
 
 @app.command()
 def export(
-    ref: Annotated[str, typer.Argument(help="STORE or STORE@VERSION.")],
-    destination: Annotated[Path, typer.Argument(help="Output folder.")],
+    ref: Annotated[str, typer.Argument(metavar="REF", help="STORE or STORE@VERSION.")],
+    destination: Annotated[
+        Path, typer.Argument(metavar="DESTINATION", help="Output folder.")
+    ],
     fmt: Annotated[
         str,
         typer.Option("--format", help="parquet, npz, or hf (Hugging Face datasets)."),
     ] = "parquet",
     normalize: Annotated[
-        bool, typer.Option(help="Write normalized float32 pixels (parquet and npz).")
+        bool,
+        typer.Option(
+            "--normalize/--no-normalize",
+            metavar="",
+            help="Write normalized float32 pixels (parquet and npz).",
+        ),
     ] = False,
     resampled: Annotated[
-        bool, typer.Option(help="Apply the version's resampling to the training split.")
+        bool,
+        typer.Option(
+            "--resampled/--no-resampled",
+            metavar="",
+            help="Apply the version's resampling to the training split.",
+        ),
     ] = True,
 ) -> None:
     """Write flat per-split shards of a version for other tools."""
@@ -252,6 +351,8 @@ def export(
         )
     except (ImgprepError, ValueError) as error:
         _fail(str(error))
+    except OSError as error:
+        _fail(f"export to {destination} failed: {error}")
     for split, info in written.items():
         console.print(f"{split}: {info['rows']} rows -> {info['path']}")
 
@@ -316,10 +417,11 @@ def _splits_text(counts: dict[str, Any]) -> str:
 def log_versions(
     store_path: Annotated[Path, typer.Argument(metavar="STORE", help="Store folder.")],
     reverse: Annotated[
-        bool, typer.Option("--reverse", help="List the oldest version first.")
+        bool,
+        typer.Option("--reverse", metavar="", help="List the oldest version first."),
     ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print the entries as JSON.")
+        bool, typer.Option("--json", metavar="", help="Print the entries as JSON.")
     ] = False,
 ) -> None:
     """List every version of a store, newest first, with its counts and counters.
@@ -347,6 +449,21 @@ def log_versions(
         _print_log_entry(entry)
 
 
+def _samples_text(before: dict[str, int], after: dict[str, int]) -> str:
+    """Format samples per split, with ``before -> after`` where resampling changed."""
+    parts = []
+    changed = False
+    for split in ("train", "val", "test"):
+        count, resampled = before.get(split, 0), after.get(split, 0)
+        if resampled == count:
+            parts.append(f"{split} {count}")
+        else:
+            parts.append(f"{split} {count} -> {resampled}")
+            changed = True
+    text = ", ".join(parts)
+    return f"{text} (before -> after resampling)" if changed else text
+
+
 def _print_log_entry(entry: dict[str, Any]) -> None:
     """Print one version of ``imgprep log`` as a two-column table."""
     if entry.get("error"):
@@ -358,24 +475,11 @@ def _print_log_entry(entry: dict[str, Any]) -> None:
         parent = f"parent {entry['parent']}"
         if not entry["parent_present"]:
             parent += ", removed from the store"
-    before, after = entry["samples_before"], entry["samples_after"]
     refresh = entry["refresh"]
     rows = [
         ["created", entry["created"]],
         ["flow run", entry["flow_run_id"] or "n/a"],
-        [
-            "samples",
-            ", ".join(
-                f"{split} {before.get(split, 0)}"
-                + (
-                    f" -> {after.get(split, 0)}"
-                    if after.get(split, 0) != before.get(split, 0)
-                    else ""
-                )
-                for split in ("train", "val", "test")
-            )
-            + " (before -> after resampling)",
-        ],
+        ["samples", _samples_text(entry["samples_before"], entry["samples_after"])],
         ["quarantined", str(entry["quarantined"])],
         ["config hash", entry["config_hash"][:12]],
         [
@@ -446,11 +550,20 @@ def _print_details(details: dict[str, Any]) -> None:
         _say("Skipped: none")
 
     resampling = details["resampling"]
+    title = f"Resampling of the training split: {resampling['method']}"
+    if not resampling["per_class"]:
+        _say(f"{title}, no per-class entries")
+    else:
+        _print_resampling_table(resampling["per_class"], title)
+    _print_lineage(details["lineage"])
+
+
+def _print_resampling_table(per_class: list[dict[str, Any]], title: str) -> None:
     rows = [
         ["class", "method", "k used", "before", "after", "synthetic", "duplicated"]
         + ["removed", "note"]
     ]
-    for item in resampling["per_class"]:
+    for item in per_class:
         rows.append(
             [
                 item["class"],
@@ -464,9 +577,10 @@ def _print_details(details: dict[str, Any]) -> None:
                 item["note"] or "",
             ]
         )
-    _print_data_table(rows, f"Resampling of the training split: {resampling['method']}")
+    _print_data_table(rows, title)
 
-    lineage = details["lineage"]
+
+def _print_lineage(lineage: dict[str, Any]) -> None:
     ref = lineage["object"]
     if ref is None:
         _say(f"Lineage: {lineage['manifest_key']} is not in the manifest")
@@ -602,15 +716,24 @@ def _print_diff(result: dict[str, Any], show_ids: bool) -> None:
 
 @app.command()
 def diff(
-    ref_a: Annotated[str, typer.Argument(help="STORE@VERSION of version A.")],
+    ref_a: Annotated[
+        str, typer.Argument(metavar="REF_A", help="STORE@VERSION of version A.")
+    ],
     ref_b: Annotated[
-        str, typer.Argument(help="STORE@VERSION of version B; may be another store.")
+        str,
+        typer.Argument(
+            metavar="REF_B", help="STORE@VERSION of version B; may be another store."
+        ),
     ],
     ids: Annotated[
-        bool, typer.Option("--ids", help="List every added, removed and moved id.")
+        bool,
+        typer.Option(
+            "--ids", metavar="", help="List every added, removed and moved id."
+        ),
     ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print the comparison as JSON.")
+        bool,
+        typer.Option("--json", metavar="", help="Print the comparison as JSON."),
     ] = False,
 ) -> None:
     """Compare two versions: samples, class balance, normalization, config, shards."""
@@ -658,12 +781,14 @@ def _print_verify(report: dict[str, Any], quiet: bool) -> None:
     counts = report["counts"]
     bad = [e["version"] for e in report["versions"] if e["status"] != "ok"]
     verdict = "passed" if report["passed"] else "FAILED"
+    listed = f" ({', '.join(map(str, bad))})" if bad else ""
+    warnings = len(report["warnings"])
+    strict_note = " (failing under --strict)" if report["strict"] and warnings else ""
     _say(
-        f"verify {verdict}: {len(report['versions'])} versions, {len(bad)} corrupt or "
-        f"invalid{' (' + ', '.join(map(str, bad)) + ')' if bad else ''}; "
+        f"verify {verdict}: {_plural(len(report['versions']), 'version')}, "
+        f"{len(bad)} corrupt or invalid{listed}; "
         f"{counts['ok']} ok, {counts['failed']} failed, {counts['missing']} missing; "
-        f"{len(report['warnings'])} warnings"
-        + (" (failing under --strict)" if report["strict"] else ""),
+        f"{_plural(warnings, 'warning')}{strict_note}",
     )
 
 
@@ -671,22 +796,30 @@ def _print_verify(report: dict[str, Any], quiet: bool) -> None:
 def verify(
     ref: Annotated[
         str,
-        typer.Argument(help="STORE to verify every version, or STORE@VERSION."),
+        typer.Argument(
+            metavar="REF", help="STORE to verify every version, or STORE@VERSION."
+        ),
     ],
     strict: Annotated[
         bool,
         typer.Option(
             "--strict",
+            metavar="",
             help="Also fail on warnings: leftover temporary files, incomplete version "
             "folders, chunk cache files, a LATEST pointer behind the newest version.",
         ),
     ] = False,
     quiet: Annotated[
         bool,
-        typer.Option("--quiet", "-q", help="Print only failures, warnings and counts."),
+        typer.Option(
+            "--quiet",
+            "-q",
+            metavar="",
+            help="Print only failures, warnings and counts.",
+        ),
     ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print the report as JSON.")
+        bool, typer.Option("--json", metavar="", help="Print the report as JSON.")
     ] = False,
 ) -> None:
     """Check every object and file of the versions against their manifests.
@@ -714,6 +847,15 @@ def verify(
         raise typer.Exit(1)
 
 
+def _version_list(numbers: list[int]) -> str:
+    """Return version numbers with their count, as ``versions 2, 3 (2 versions)``."""
+    if not numbers:
+        return "no versions"
+    label = "version" if len(numbers) == 1 else "versions"
+    listed = ", ".join(map(str, numbers))
+    return f"{label} {listed} ({_plural(len(numbers), 'version')})"
+
+
 def _print_gc(plan: dict[str, Any]) -> None:
     sections = (
         ("versions", "removed_versions"),
@@ -730,9 +872,16 @@ def _print_gc(plan: dict[str, Any]) -> None:
     action = "Removed" if plan["applied"] else "Would remove (dry run)"
     _print_data_table(rows, f"{action} from {plan['store']}")
 
-    kept = ", ".join(map(str, plan["kept_versions"])) or "none"
-    removed = ", ".join(str(e["version"]) for e in plan["removed_versions"]) or "none"
-    _say(f"versions kept: {kept}; versions removed: {removed}")
+    kept_numbers = plan["kept_versions"]
+    removed_numbers = [e["version"] for e in plan["removed_versions"]]
+    if plan["applied"]:
+        keep_verb, remove_verb = "kept", "removed"
+    else:
+        keep_verb, remove_verb = "keeping", "removing"
+    _say(
+        f"{keep_verb} {_version_list(kept_numbers)}; "
+        f"{remove_verb} {_version_list(removed_numbers)}"
+    )
     if plan["latest_pointer"] is not None:
         pointer = plan["latest_pointer"]
         verb = "rewrote" if plan["applied"] else "would rewrite"
@@ -760,7 +909,11 @@ def gc(
     ],
     yes: Annotated[
         bool,
-        typer.Option("--yes", help="Delete; without it gc only prints what it would."),
+        typer.Option(
+            "--yes",
+            metavar="",
+            help="Delete; without it gc only prints what it would.",
+        ),
     ] = False,
     lock_timeout: Annotated[
         float,
@@ -771,7 +924,7 @@ def gc(
         ),
     ] = 60.0,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print the plan as JSON.")
+        bool, typer.Option("--json", metavar="", help="Print the plan as JSON.")
     ] = False,
 ) -> None:
     """Remove old versions and everything no kept version needs (dry run by default).

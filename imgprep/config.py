@@ -17,12 +17,14 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from imgprep.errors import ConfigError
 
@@ -40,6 +42,7 @@ __all__ = [
     "SplitSettings",
     "apply_overrides",
     "config_hash",
+    "folder_path_problem",
     "load_config",
 ]
 
@@ -65,6 +68,50 @@ OVER_SAMPLERS = {
     "smote_enn",
 }
 SMOTE_FAMILY = {"smote", "borderline_smote", "adasyn", "smote_tomek", "smote_enn"}
+
+
+def _integer_not_bool(value: Any) -> Any:
+    # pydantic's lax mode turns True into 1, and YAML 1.1 reads yes/on as True.
+    if isinstance(value, bool):
+        raise PydanticCustomError(
+            "bool_not_number", "expected an integer, not a boolean"
+        )
+    return value
+
+
+def _number_not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "expected a number, not a boolean")
+    return value
+
+
+# A constraint given with Field() on the field itself works with these types. Inside
+# a union or Optional, put it before the validator, as in
+# Annotated[int, Field(ge=1), BeforeValidator(_integer_not_bool)], or the JSON
+# schema of Prefect's parameter form loses the bound.
+Int = Annotated[int, BeforeValidator(_integer_not_bool)]
+"""An integer field that rejects booleans."""
+Float = Annotated[float, BeforeValidator(_number_not_bool)]
+"""A float field that rejects booleans; integers are accepted."""
+
+
+def folder_path_problem(path: Path) -> str | None:
+    """Return why a folder cannot be created or used at ``path``, or None.
+
+    The returned phrase follows the path in a message, as in
+    ``f"{path} {problem}"``. Only existing entries are checked, so permissions are
+    left to the operation that writes.
+    """
+    if path.is_symlink() and not path.exists():
+        return "is a broken symbolic link"
+    if path.exists():
+        return None if path.is_dir() else "is a file, not a folder"
+    for parent in path.parents:
+        if parent.exists():
+            if parent.is_dir():
+                return None
+            return f"cannot be created because {parent} is a file, not a folder"
+    return None
 
 
 class _Settings(BaseModel):
@@ -129,8 +176,8 @@ class SourceSettings(_Settings):
 
 
 class ImageSettings(_Settings):
-    height: int = Field(64, ge=1, le=8192, description="Output height in pixels.")
-    width: int = Field(64, ge=1, le=8192, description="Output width in pixels.")
+    height: Int = Field(64, ge=1, le=8192, description="Output height in pixels.")
+    width: Int = Field(64, ge=1, le=8192, description="Output width in pixels.")
     color_mode: Literal["RGB", "L"] = Field(
         "RGB", description="Output colour mode: RGB (3 channels) or L (1 channel)."
     )
@@ -149,7 +196,7 @@ class ImageSettings(_Settings):
     filter: Literal["nearest", "box", "bilinear", "hamming", "bicubic", "lanczos"] = (
         Field("bilinear", description="Pillow resampling filter.")
     )
-    background: tuple[int, int, int] = Field(
+    background: tuple[Int, Int, Int] = Field(
         (255, 255, 255),
         description="RGB colour that alpha and palette transparency are composited "
         "onto, and that `pad` fills with (0-255 each).",
@@ -177,7 +224,7 @@ class ImageSettings(_Settings):
         "(libjpeg-turbo), which gives Pillow's pixels about a quarter faster, and "
         "everything else with Pillow; pillow uses Pillow for every file.",
     )
-    max_image_pixels: int = Field(
+    max_image_pixels: Int = Field(
         89_478_485,
         ge=1,
         description="Largest width*height accepted; larger images are quarantined as "
@@ -206,7 +253,7 @@ class ImageSettings(_Settings):
 
 
 class IngestSettings(_Settings):
-    chunk_size: int = Field(
+    chunk_size: Int = Field(
         1024,
         ge=1,
         le=100_000,
@@ -214,7 +261,7 @@ class IngestSettings(_Settings):
         "of work; fewer than 8 chunks' worth of files are cut into about 8 chunks of "
         "at least 64 files.",
     )
-    max_rejected_fraction: float = Field(
+    max_rejected_fraction: Float = Field(
         0.5,
         ge=0.0,
         le=1.0,
@@ -228,7 +275,7 @@ class IngestSettings(_Settings):
         "manifest; `drop` keeps the first path of each group and lists the others as "
         "duplicates, quarantining every copy when their labels differ.",
     )
-    decode_timeout_s: float = Field(
+    decode_timeout_s: Float = Field(
         60.0,
         gt=0,
         description="Quarantine a file as decode_timeout when decoding it takes "
@@ -242,7 +289,7 @@ class SplitSettings(_Settings):
         description="Use the split the source gives (train/val/test folders or the "
         "split column) when it has one.",
     )
-    fractions: dict[Literal["train", "val", "test"], float] = Field(
+    fractions: dict[Literal["train", "val", "test"], Float] = Field(
         default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1},
         description="Fractions for hash-based assignment; they must sum to 1.",
     )
@@ -271,14 +318,14 @@ class SplitSettings(_Settings):
 
 
 class ProfileSettings(_Settings):
-    beta: float = Field(
+    beta: Float = Field(
         0.999,
         ge=0.0,
         lt=1.0,
         description="Beta of the effective number of samples (1-beta^n)/(1-beta), "
         "Cui et al. 2019.",
     )
-    minority_share: float = Field(
+    minority_share: Float = Field(
         0.05,
         gt=0.0,
         lt=1.0,
@@ -294,7 +341,7 @@ class NormalizeSettings(_Settings):
     minmax_range: Literal["0_1", "-1_1"] = Field(
         "0_1", description="Output range of minmax and robust scaling."
     )
-    robust_percentiles: tuple[float, float] = Field(
+    robust_percentiles: tuple[Float, Float] = Field(
         (1.0, 99.0),
         description="Lower and upper percentile that robust scaling clips to.",
     )
@@ -317,8 +364,8 @@ class NormalizeSettings(_Settings):
 
 SamplingStrategy = (
     Literal["auto", "minority", "not minority", "not majority", "all", "majority"]
-    | Annotated[float, Field(gt=0.0, le=1.0)]
-    | dict[str, Annotated[int, Field(ge=0)]]
+    | Annotated[float, Field(gt=0.0, le=1.0), BeforeValidator(_number_not_bool)]
+    | dict[str, Annotated[int, Field(ge=0), BeforeValidator(_integer_not_bool)]]
 )
 
 
@@ -328,12 +375,13 @@ class FeatureSpace(_Settings):
         description="Space where SMOTE-family samplers find neighbours: `thumbnail` "
         "(block-averaged images, optionally PCA-reduced) or full `pixels`.",
     )
-    thumbnail_size: int = Field(
+    thumbnail_size: Int = Field(
         8, ge=1, le=256, description="Side of the square thumbnail in pixels."
     )
-    pca_components: int | None = Field(
+    pca_components: (
+        Annotated[int, Field(ge=1), BeforeValidator(_integer_not_bool)] | None
+    ) = Field(
         32,
-        ge=1,
         description="Reduce thumbnails to this many principal components; null keeps "
         "the thumbnail values.",
     )
@@ -351,7 +399,7 @@ class ResampleSettings(_Settings):
         description="imbalanced-learn sampling_strategy: a string such as `auto`, a "
         "float (binary problems), or a dict of class name to target count.",
     )
-    k_neighbors: int = Field(
+    k_neighbors: Int = Field(
         5, ge=1, le=100, description="Neighbours of the SMOTE family."
     )
     single_sample_class: Literal["random_over", "leave"] = Field(
@@ -363,14 +411,28 @@ class ResampleSettings(_Settings):
         "inverse_frequency",
         description="Weights for the class_weights method.",
     )
-    seed: int = Field(0, ge=0, description="Random seed of the sampler.")
-    max_memory_mb: int = Field(
+    seed: Int = Field(0, ge=0, description="Random seed of the sampler.")
+    max_memory_mb: Int = Field(
         2048,
         ge=1,
         description="Fail before a SMOTE-family sampler runs when its estimated "
         "memory exceeds this many MiB.",
     )
     features: FeatureSpace = Field(default_factory=FeatureSpace)
+
+    @field_validator("sampling_strategy", mode="before")
+    @classmethod
+    def _integer_class_names(cls, value: Any) -> Any:
+        # YAML reads the key of {0: 10} as an integer, but class names are strings:
+        # folder names such as 0..9 for digits.
+        if isinstance(value, dict):
+            return {
+                str(key)
+                if isinstance(key, int) and not isinstance(key, bool)
+                else key: (count)
+                for key, count in value.items()
+            }
+        return value
 
     @model_validator(mode="after")
     def _check_strategy(self) -> ResampleSettings:
@@ -386,21 +448,34 @@ class ResampleSettings(_Settings):
 class OutputSettings(_Settings):
     store: str = Field(..., min_length=1, description="Store directory.")
     format: Literal["parquet", "npz"] = Field("parquet", description="Shard format.")
-    rows_per_shard: int = Field(
+    rows_per_shard: Int = Field(
         512, ge=1, le=1_000_000, description="Maximum images per shard object."
     )
-    compression_level: int = Field(
+    compression_level: Int = Field(
         1,
         ge=1,
         le=22,
         description="zstd level of Parquet shards. Level 1 wrote 64x64 RGB shards "
         "about twice as fast as level 3, 6 % larger.",
     )
-    lock_timeout_s: float = Field(
+    lock_timeout_s: Float = Field(
         600.0,
         ge=0.0,
         description="Seconds to wait for another writer's lock on the store.",
     )
+
+    @field_validator("store")
+    @classmethod
+    def _check_store_path(cls, value: str) -> str:
+        # A relative path is checked against the current directory, which is also
+        # what PrepareConfig.resolved() uses by default.
+        problem = folder_path_problem(Path(value).expanduser())
+        if problem is not None:
+            raise ValueError(
+                f"the path {problem}; set output.store to a new folder or to an "
+                "existing store"
+            )
+        return value
 
 
 class RunnerSettings(_Settings):
@@ -409,9 +484,9 @@ class RunnerSettings(_Settings):
         description="Where ingest tasks run: `thread` (one process), `process` (a "
         "local process pool), `dask` (prefect-dask).",
     )
-    workers: int | None = Field(
-        None, ge=1, le=1024, description="Workers; null uses the CPU count."
-    )
+    workers: (
+        Annotated[int, Field(ge=1, le=1024), BeforeValidator(_integer_not_bool)] | None
+    ) = Field(None, description="Workers; null uses the CPU count.")
     address: str | None = Field(
         None,
         description="Scheduler address of an existing Dask cluster, such as "
@@ -462,20 +537,103 @@ class PrepareConfig(_Settings):
         return self.model_copy(update={"source": source, "output": output})
 
 
-def _format_error(error: ValidationError) -> str:
-    lines = []
+_SHAPE_HINTS = {
+    "image.background": "give three integers 0-255 such as [255, 255, 255]",
+    "normalize.robust_percentiles": "give two percentiles [low, high] such as "
+    "[1.0, 99.0]",
+}
+_STRATEGY_KEY = "resample.sampling_strategy"
+_STRATEGY_HINT = (
+    "use auto, minority, not minority, not majority, all, majority, a float in "
+    "(0, 1] (two classes only) or a mapping of class name to sample count"
+)
+_ABSENT = object()
+
+
+def _lookup(data: Mapping[str, Any], loc: Sequence[Any]) -> Any:
+    """Return the value at ``loc`` in the raw config data, or ``_ABSENT``."""
+    node: Any = data
+    for part in loc:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list | tuple) and isinstance(part, int):
+            if not 0 <= part < len(node):
+                return _ABSENT
+            node = node[part]
+        else:
+            return _ABSENT
+    return node
+
+
+def _dotted(loc: Sequence[Any]) -> str:
+    """Join a pydantic location as ``section.key[index]``."""
+    key = ""
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        else:
+            key += f".{part}" if key else str(part)
+    return key or "(top level)"
+
+
+def _error_message(item: Mapping[str, Any]) -> str:
+    """Reword pydantic's message of one error for a config file author."""
+    kind = item["type"]
+    if kind == "extra_forbidden":
+        return "unknown key; check the spelling against config/default.yaml"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "model_type":
+        return "expected a section of keys, not a single value; see config/default.yaml"
+    if kind == "dict_type":
+        return "expected a mapping of keys to values"
+    if kind in ("value_error", "assertion_error"):
+        cause = item.get("ctx", {}).get("error")
+        if cause is not None:
+            return str(cause)
+    return str(item["msg"])
+
+
+def _format_item(item: Mapping[str, Any], data: Mapping[str, Any]) -> str | None:
+    """Format one error as an indented line, or return None to leave it out."""
+    loc = tuple(item["loc"])
+    value: Any = _ABSENT if item["type"] == "missing" else item.get("input", _ABSENT)
+    message = _error_message(item)
+    field = ".".join(str(part) for part in loc[:2])
+
+    if field in _SHAPE_HINTS and item["type"] != "value_error":
+        # An index error of a tuple names one position, so the line shows the whole
+        # value and its expected shape instead.
+        loc, value, message = loc[:2], _lookup(data, loc[:2]), _SHAPE_HINTS[field]
+    elif field == _STRATEGY_KEY and len(loc) > 2:
+        # Each member of the union reports its own error. A mapping gets the errors
+        # of its entries, and anything else one line with every allowed form.
+        value = _lookup(data, loc[:2])
+        if not isinstance(value, Mapping):
+            loc, message = loc[:2], _STRATEGY_HINT
+        elif len(loc) > 3:
+            loc, value = (*loc[:2], *loc[3:]), item.get("input", _ABSENT)
+        else:
+            return None
+
+    if loc and loc[-1] == "[key]":
+        return f"  {_dotted(loc[:-2])} (got key {loc[-2]!r}): {message}"
+    if value is _ABSENT:
+        got_text = ""
+    elif item["type"] == "value_error" and isinstance(value, Mapping):
+        # Messages of section validators name the values they check.
+        got_text = ""
+    else:
+        got_text = f" (got {value!r})"
+    return f"  {_dotted(loc)}{got_text}: {message}"
+
+
+def _format_error(error: ValidationError, data: Mapping[str, Any]) -> str:
+    lines: list[str] = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"] if not isinstance(part, int))
-        key = key or "(top level)"
-        value = item.get("input")
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key; check the spelling against config/default.yaml"
-        elif item["type"] == "missing":
-            message = "required key is missing"
-            value = None
-        shown = "" if value is None else f" (got {value!r})"
-        lines.append(f"  {key}{shown}: {message}")
+        line = _format_item(item, data)
+        if line is not None and line not in lines:
+            lines.append(line)
     return "invalid configuration:\n" + "\n".join(lines)
 
 
@@ -483,7 +641,7 @@ def _validate(data: Mapping[str, Any]) -> PrepareConfig:
     try:
         return PrepareConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_format_error(error)) from None
+        raise ConfigError(_format_error(error, data)) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -539,6 +697,20 @@ def load_config(
             text = file.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {file}") from None
+        except IsADirectoryError:
+            raise ConfigError(
+                f"config path {file} is a folder, not a file; pass a YAML file "
+                "such as config/default.yaml"
+            ) from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(
+                f"config file {file} is not UTF-8 text ({error.reason} at byte "
+                f"{error.start}); pass a YAML file"
+            ) from None
+        except OSError as error:
+            raise ConfigError(
+                f"config file {file} cannot be read: {error.strerror or error}"
+            ) from None
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as error:

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imgprep.config import folder_path_problem
+
 __all__ = ["DEMO_COUNTS", "write_demo_data"]
 
 LARGEST = 150
@@ -27,12 +29,19 @@ def write_demo_data(destination: str | Path, size: int = 32) -> dict[str, int]:
     """Write the demo tree under ``destination`` and return the count per class.
 
     Files that already exist with the same name are overwritten with identical
-    bytes, so running it twice changes nothing.
+    bytes, so running it twice changes nothing. Raises ValueError when
+    ``destination`` or one of its parents is a file.
     """
+    root = Path(destination)
+    problem = folder_path_problem(root)
+    if problem is not None:
+        raise ValueError(
+            f"demo destination {root} {problem}; pass a new folder or an existing one"
+        )
+
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    root = Path(destination)
     written: dict[str, int] = {}
     for label, wanted in DEMO_COUNTS.items():
         folder = root / label

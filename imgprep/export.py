@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from pathlib import Path
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from imgprep.config import SPLITS
+from imgprep.config import SPLITS, folder_path_problem
 from imgprep.reader import Batch, DatasetVersion
 from imgprep.shards import ShardRows, _table, npz_bytes, shard_schema
 
@@ -41,13 +42,41 @@ def export_version(
     normalize: bool = False,
     resampled: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Write each non-empty split of ``dataset`` and return {split: {path, rows}}."""
+    """Write each non-empty split of ``dataset`` and return {split: {path, rows}}.
+
+    Raises ValueError when ``destination`` or one of its parents is a file.
+    """
     if fmt == "hf" and normalize:
         raise ValueError(
             "the hf format stores PNG images, which cannot hold normalized floats"
         )
     folder = Path(destination)
+    problem = folder_path_problem(folder)
+    if problem is not None:
+        raise ValueError(
+            f"export destination {folder} {problem}; pass a new folder or an "
+            "existing one"
+        )
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _export_splits(dataset, folder, fmt, normalize, resampled)
+    except BaseException:
+        # Leave no empty folder behind when the first split already fails, for
+        # example on a corrupt shard. Files already written stay for inspection.
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # raises OSError unless the folder is empty
+        raise
+
+
+def _export_splits(
+    dataset: DatasetVersion,
+    folder: Path,
+    fmt: str,
+    normalize: bool,
+    resampled: bool,
+) -> dict[str, dict[str, Any]]:
     written: dict[str, dict[str, Any]] = {}
     for split in SPLITS:
         if dataset.split_size(split, resampled=resampled) == 0:

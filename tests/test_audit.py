@@ -143,7 +143,7 @@ def test_log_lists_versions_newest_first(history: History) -> None:
     assert code == 0
     assert [e["version"] for e in entries] == [3, 2, 1]
     assert [e["parent"] for e in entries] == [2, 1, None]
-    assert all(e["parent_present"] for e in entries)
+    assert [e["parent_present"] for e in entries] == [True, True, None]
     assert all(e["flow_run_id"] for e in entries)
     assert len({e["flow_run_id"] for e in entries}) == 3
     by_version = {e["version"]: e for e in entries}
@@ -304,7 +304,7 @@ def test_verify_passes_on_clean_store(history: History) -> None:
     assert report["latest"]["status"] == "ok"
     result = invoke("verify", f"{history.store}@2", "--quiet")
     assert result.exit_code == 0
-    assert "verify passed: 1 versions" in result.stdout
+    assert "verify passed: 1 version," in result.stdout
 
 
 def test_verify_and_reader_catch_damage(history: History, tmp_path: Path) -> None:
