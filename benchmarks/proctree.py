@@ -67,7 +67,8 @@ def _tree_rss(
         except psutil.Error:
             continue
         total += memory.rss
-        proportional += getattr(memory, "pss", memory.rss)
+        if with_pss:
+            proportional += getattr(memory, "pss", memory.rss)
         largest = max(largest, memory.rss)
         cpu_by_pid[process.pid] = times.user + times.system
         counted += 1
