@@ -9,6 +9,7 @@ scans, from 150 for ``0`` down to 3 for ``9`` (largest/smallest = 50).
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +29,8 @@ DEMO_COUNTS = {
 def write_demo_data(destination: str | Path, size: int = 32) -> dict[str, int]:
     """Write the demo tree under ``destination`` and return the count per class.
 
-    Files that already exist with the same name are overwritten with identical
-    bytes, so running it twice changes nothing. Raises ValueError when
+    A file that already exists with the same bytes is not written again, so running
+    it twice changes nothing, modification times included. Raises ValueError when
     ``destination`` or one of its parents is a file.
     """
     root = Path(destination)
@@ -54,6 +55,12 @@ def write_demo_data(destination: str | Path, size: int = 32) -> dict[str, int]:
                 (size, size), Image.Resampling.BICUBIC
             )
             target = folder / f"digit_{label}_{index:04d}.png"
-            image.save(target, format="PNG", optimize=False)
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", optimize=False)
+            data = buffer.getvalue()
+            # An identical file is left alone, so its modification time stays and a
+            # refresh after a second `demo-data` does not read it again.
+            if not target.is_file() or target.read_bytes() != data:
+                target.write_bytes(data)
         written[label] = len(indices)
     return written
