@@ -1209,10 +1209,22 @@ from imgprep.config import SourceSettings, load_config
 from imgprep.scan import Candidate
 from imgprep.store import Store
 
-# Every module and Pillow plugin is loaded before privileges drop, because the
-# interpreter's files may be readable by root only.
+# Every module, Pillow plugin and lazily imported dependency (pyarrow loads
+# numpy.ma on first use) is loaded before privileges drop, because the interpreter's
+# files may sit in a folder that only root can enter. A warm-up ingest of one
+# readable file into a scratch store loads them.
 Image.init()
 request = json.loads(sys.argv[1])
+warm_store = request["warm_store"]
+Store(warm_store).ensure()
+imgprep.ingest.ingest_files(
+    [Candidate(**request["candidates"][0])],
+    root=request["root"],
+    config=load_config(data={**request["config"], "output": {"store": warm_store}}),
+    class_names=["x"],
+    store_root=warm_store,
+    use_cache=False,
+)
 if os.geteuid() == 0:
     nobody = pwd.getpwnam("nobody")
     os.setgroups([])
@@ -1271,6 +1283,7 @@ def test_unreadable_file_quarantined(world_readable_dir: Path):
     request = {
         "root": str(root),
         "store": str(store),
+        "warm_store": str(world_readable_dir / "warm-store"),
         "candidates": [vars(c) for c in candidates],
         "config": {
             "source": {"root": str(root)},
