@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -308,12 +309,18 @@ def _pair(a: Any, b: Any) -> dict[str, Any]:
     return {"a": a, "b": b, "change": change}
 
 
-def _samples_by_id(rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[str, str]]:
-    """Map the sample id of every ingested row to its (split, label)."""
-    samples = {}
+def _samples_by_id(
+    rows: Iterable[Mapping[str, Any]],
+) -> dict[str, list[tuple[str, str]]]:
+    """Map the sample id of every ingested row to its (split, label) places.
+
+    An id has several places when identical files are kept as separate samples.
+    """
+    samples: dict[str, list[tuple[str, str]]] = {}
     for row in rows:
         if row.get("status") == "ingested" and row.get("sample_id"):
-            samples[row["sample_id"]] = (str(row.get("split")), str(row.get("label")))
+            place = (str(row.get("split")), str(row.get("label")))
+            samples.setdefault(row["sample_id"], []).append(place)
     return samples
 
 
@@ -338,35 +345,47 @@ def diff_samples(
 ) -> dict[str, Any]:
     """Compare the ingested samples of two ``sources`` tables by sample id.
 
-    A sample is added when only B has its id, and removed when only A has it. Each
-    is grouped under the split and class of the version that has it. A sample in
-    both versions with another split or class is ``moved``, and counts as neither
-    added nor removed.
+    Each id is compared as a multiset of (split, class) places, because identical
+    files kept as separate samples share an id. Places found in both versions are
+    unchanged. Of the rest, a place only A has is paired with one only B has as
+    ``moved``. The places still left are ``removed`` (A only) or ``added`` (B only),
+    each grouped under the split and class of the version that has it.
     """
     a = _samples_by_id(a_sources)
     b = _samples_by_id(b_sources)
-    added = _nest((*b[i], i) for i in b.keys() - a.keys())
-    removed = _nest((*a[i], i) for i in a.keys() - b.keys())
-    moved = [
-        {
-            "sample_id": sample_id,
-            "a": {"split": a[sample_id][0], "class": a[sample_id][1]},
-            "b": {"split": b[sample_id][0], "class": b[sample_id][1]},
-        }
-        for sample_id in sorted(a.keys() & b.keys())
-        if a[sample_id] != b[sample_id]
-    ]
+    added: list[tuple[str, str, str]] = []
+    removed: list[tuple[str, str, str]] = []
+    moved: list[dict[str, Any]] = []
+    unchanged = 0
+    for sample_id in sorted(a.keys() | b.keys()):
+        places_a = Counter(a.get(sample_id, []))
+        places_b = Counter(b.get(sample_id, []))
+        common = places_a & places_b
+        unchanged += sum(common.values())
+        left_a = sorted((places_a - common).elements())
+        left_b = sorted((places_b - common).elements())
+        for place_a, place_b in zip(left_a, left_b, strict=False):
+            moved.append(
+                {
+                    "sample_id": sample_id,
+                    "a": {"split": place_a[0], "class": place_a[1]},
+                    "b": {"split": place_b[0], "class": place_b[1]},
+                }
+            )
+        pairs = min(len(left_a), len(left_b))
+        removed += [(*place, sample_id) for place in left_a[pairs:]]
+        added += [(*place, sample_id) for place in left_b[pairs:]]
     return {
-        "added": added,
-        "removed": removed,
+        "added": _nest(added),
+        "removed": _nest(removed),
         "moved": moved,
         "totals": {
-            "a": len(a),
-            "b": len(b),
-            "added": len(b.keys() - a.keys()),
-            "removed": len(a.keys() - b.keys()),
+            "a": sum(len(places) for places in a.values()),
+            "b": sum(len(places) for places in b.values()),
+            "added": len(added),
+            "removed": len(removed),
             "moved": len(moved),
-            "unchanged": len(a.keys() & b.keys()) - len(moved),
+            "unchanged": unchanged,
         },
     }
 

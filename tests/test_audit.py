@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from imgprep.audit import diff_refs, version_details
+from imgprep.audit import diff_refs, diff_samples, version_details
 from imgprep.cli import app
 from imgprep.errors import CorruptObjectError
 from imgprep.reader import open_version
@@ -600,3 +600,40 @@ def test_gc_waits_for_writer_lock(history: History, tmp_path: Path) -> None:
     assert not worker.is_alive()
     assert outcome["result"].exit_code == 0, outcome["result"].output
     assert Store(store).versions() == [3]
+
+
+def _row(sample_id: str, split: str, label: str) -> dict[str, str]:
+    return {
+        "status": "ingested",
+        "sample_id": sample_id,
+        "split": split,
+        "label": label,
+    }
+
+
+def test_diff_samples_duplicate_added_elsewhere():
+    # A byte copy of a class-8 file added under class 9 shares the sample id.
+    a = [_row("s1", "train", "8"), _row("s2", "val", "0")]
+    b = [*a, _row("s1", "val", "9")]
+    result = diff_samples(a, b)
+    assert result["added"] == {"val": {"9": ["s1"]}}
+    assert result["removed"] == {}
+    assert result["moved"] == []
+    assert result["totals"]["unchanged"] == 2
+    assert result["totals"]["b"] == 3
+
+
+def test_diff_samples_moved_and_removed():
+    a = [_row("s1", "train", "a"), _row("s1", "train", "a"), _row("s2", "test", "b")]
+    b = [_row("s1", "val", "a")]
+    result = diff_samples(a, b)
+    assert result["moved"] == [
+        {
+            "sample_id": "s1",
+            "a": {"split": "train", "class": "a"},
+            "b": {"split": "val", "class": "a"},
+        }
+    ]
+    assert result["removed"] == {"train": {"a": ["s1"]}, "test": {"b": ["s2"]}}
+    assert result["added"] == {}
+    assert result["totals"]["unchanged"] == 0
