@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from imgprep.config import SPLITS, PrepareConfig
-from imgprep.errors import RejectedFractionError
+from imgprep.errors import CorruptObjectError, RejectedFractionError
 from imgprep.ingest import ChunkResult, store_shard
 from imgprep.scan import Candidate, ScanResult, natural_class_order
 from imgprep.shards import read_shard
@@ -460,6 +460,8 @@ def assemble_samples(
             and entry["format"] == config.output.format
         )
         if unchanged:
+            if path not in new_shard_paths:
+                _check_reused_size(store, entry)
             final_shards.append(entry)
             if path in new_shard_paths:
                 written_count += 1
@@ -551,6 +553,27 @@ def assemble_samples(
         removed_ids=sorted({sample_id for sample_id, _ in parent_ids - kept_ids}),
         duplicate_groups=duplicate_groups,
     )
+
+
+def _check_reused_size(store: Store, entry: dict[str, Any]) -> None:
+    """Raise CorruptObjectError when a parent shard to reference is missing or has
+    the wrong size.
+
+    Only the size is checked, which costs one stat per shard. A flipped byte of the
+    right size passes here, and ``imgprep verify`` finds it.
+    """
+    path = store.object_path(entry["path"])
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        size = None
+    if size != entry["bytes"]:
+        found = "missing" if size is None else f"{size:,} bytes"
+        raise CorruptObjectError(
+            f"shard {entry['path']} of the latest version is {found}, but the "
+            f"manifest records {entry['bytes']:,} bytes",
+            entry["path"],
+        )
 
 
 def _changed_keys(

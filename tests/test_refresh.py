@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import imgprep
-from imgprep.errors import SchemaMismatchError
+from imgprep.errors import CorruptObjectError, SchemaMismatchError
 from imgprep.reader import Batch
 from imgprep.store import Store
 from imgprep.version import load_manifest, read_object_table
@@ -612,17 +612,20 @@ def settings_history(tmp_path_factory: pytest.TempPathFactory, prefect_harness):
     run_flow(make_config(root, store, **gray))
     run_flow(make_config(root, base / "scratch-gray", **gray))
 
-    # Damage one shard object of version 3, then rebuild on request.
+    # Cut one shard object of version 3 short: a refresh refuses to reference it,
+    # and a rebuild on request writes it again.
     damaged = store / read_manifest(store, 3)["shards"][0]["path"]
-    data = bytearray(damaged.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    damaged.write_bytes(bytes(data))
+    damaged.write_bytes(damaged.read_bytes()[:-10])
     damaged_report = imgprep_verify(store, 3)
+    with pytest.raises(CorruptObjectError) as refused:
+        run_flow(make_config(root, store, **gray))
     run_flow(make_config(root, store, **gray), rebuild=True)
     return {
         "store": store,
         "scratch": {2: base / "scratch-resized", 3: base / "scratch-gray"},
         "damaged_report": damaged_report,
+        "refused": str(refused.value),
+        "damaged_path": damaged.relative_to(store).as_posix(),
     }
 
 
@@ -672,9 +675,15 @@ def test_image_change_reader_shape(settings_history, version, shape):
     assert opened.load("train", resampled=False).pixels.shape[1:] == shape
 
 
+def test_refresh_refuses_truncated_shard(settings_history):
+    assert settings_history["damaged_report"]["status"] == "corrupt"
+    message = settings_history["refused"]
+    assert settings_history["damaged_path"] in message
+    assert "manifest records" in message
+
+
 def test_rebuild_rewrites_damaged_object(settings_history):
     store = settings_history["store"]
-    assert settings_history["damaged_report"]["status"] == "corrupt"
     refresh = read_manifest(store, 4)["refresh"]
     assert refresh["rebuild"] == "rebuild requested"
     assert refresh["images_decoded"] == 60
