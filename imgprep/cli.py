@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from imgprep.errors import ConfigError, CorruptObjectError, ImgprepError
+from imgprep.errors import ConfigError, CorruptObjectError, ImgprepError, SourceError
 
 __all__ = ["app", "main"]
 
@@ -217,11 +217,17 @@ def run(
 ) -> None:
     """Prepare a dataset version as the config describes, and print its summary."""
     from imgprep.config import load_config
+    from imgprep.scan import check_source
 
     try:
         settings = load_config(config, set_ or [])
     except ConfigError as error:
         _fail(str(error), 2)
+    # A missing root or labels table fails here, before a Prefect server starts.
+    try:
+        check_source(settings.resolved().source)
+    except SourceError as error:
+        _fail(str(error))
     _prefect_defaults()
     from flows.prepare import prepare_dataset
     from imgprep import progress

@@ -214,9 +214,24 @@ def run_cli(*args: Any) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_run_missing_root_one_error(tmp_path: Path):
+def test_run_missing_root_before_flow(tmp_path: Path):
     missing = tmp_path / "no-such-root"
     config = write_config(tmp_path, missing, tmp_path / "store")
+    result = run_cli("run", "-c", config, "--no-progress")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    # The source is checked before Prefect starts, so no flow run is created.
+    assert "Beginning flow run" not in output
+    lines = error_lines(result.stderr)
+    assert len(lines) == 1
+    assert f"source root not found: {missing}" in lines[0]
+
+
+def test_run_empty_root_one_error(tmp_path: Path):
+    empty = tmp_path / "empty-root"
+    empty.mkdir()
+    config = write_config(tmp_path, empty, tmp_path / "store")
     result = run_cli("run", "-c", config, "--no-progress")
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
@@ -224,11 +239,13 @@ def test_run_missing_root_one_error(tmp_path: Path):
     assert "Encountered exception" in output
     lines = error_lines(result.stderr)
     assert len(lines) == 1
-    assert f"source root not found: {missing}" in lines[0]
+    assert f"no image files found in the source root {empty}" in lines[0]
 
 
 def test_run_verbose_keeps_traceback(tmp_path: Path):
-    config = write_config(tmp_path, tmp_path / "no-such-root", tmp_path / "store")
+    empty = tmp_path / "empty-root"
+    empty.mkdir()
+    config = write_config(tmp_path, empty, tmp_path / "store")
     result = run_cli("run", "-c", config, "--no-progress", "--verbose")
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
