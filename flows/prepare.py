@@ -107,8 +107,8 @@ def prepare_dataset(
         rehash: Read every source file again and compare its sha256 with the
             recorded sample id, instead of trusting unchanged size and mtime.
         rebuild: Decode every file again and reuse no shard of the parent version,
-            which also rewrites damaged objects. A change of the image settings
-            rebuilds without this flag.
+            so a damaged object of the parent does not block the run. A change of
+            the image settings rebuilds without this flag.
 
     Returns:
         A summary with the version number, its folder and the run's counters.

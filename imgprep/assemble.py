@@ -571,7 +571,9 @@ def _check_reused_size(store: Store, entry: dict[str, Any]) -> None:
         found = "missing" if size is None else f"{size:,} bytes"
         raise CorruptObjectError(
             f"shard {entry['path']} of the latest version is {found}, but the "
-            f"manifest records {entry['bytes']:,} bytes",
+            f"manifest records {entry['bytes']:,} bytes; run with --rebuild (the "
+            "flow parameter rebuild=true) to build a new version from the sources "
+            "alone",
             entry["path"],
         )
 

@@ -194,8 +194,8 @@ def run(
         typer.Option(
             "--rebuild",
             metavar="",
-            help="Decode every file again and reuse no shard of the latest version. "
-            "This also rewrites damaged objects that verify reports.",
+            help="Decode every file again and reuse no shard of the latest version, "
+            "so a damaged object of that version does not block the run.",
         ),
     ] = False,
     progress_bar: Annotated[
@@ -246,11 +246,13 @@ def run(
     except ConfigError as error:
         _fail(str(error), 2)
     except CorruptObjectError as error:
-        _fail(
-            f"{error}. The latest version references a damaged or missing object; "
-            "run again with --rebuild to decode every file from the sources and "
-            "rewrite it"
-        )
+        message = str(error)
+        if "--rebuild" not in message:
+            message += (
+                ". The latest version references a damaged or missing object; run "
+                "again with --rebuild to build a new version from the sources alone"
+            )
+        _fail(message)
     except ImgprepError as error:
         _fail(str(error))
     finally:
@@ -502,6 +504,8 @@ def _print_log_entry(entry: dict[str, Any]) -> None:
             f"{refresh.get('shards_written', 0)}",
         ],
     ]
+    if refresh.get("rebuild"):
+        rows.append(["rebuild", str(refresh["rebuild"])])
     table = Table(
         title=escape(f"Version {entry['version']} ({parent})"),
         title_justify="left",

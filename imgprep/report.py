@@ -1040,10 +1040,18 @@ def _skipped(manifest: Mapping[str, Any]) -> _Html:
 def _refresh(manifest: Mapping[str, Any]) -> _Html:
     refresh = manifest["refresh"]
     rows = [[key.replace("_", " "), value] for key, value in sorted(refresh.items())]
-    text = (
-        "Counters of the incremental refresh against the parent version: files are "
-        "compared by size and mtime, and only new or changed files are decoded."
-    )
+    if refresh.get("rebuild"):
+        text = (
+            f"Rebuild: {refresh['rebuild']}. Every file was decoded again and no "
+            "shard of the parent version was reused. The file counters still compare "
+            "with the parent."
+        )
+    else:
+        text = (
+            "Counters of the incremental refresh against the parent version. Files "
+            "are compared by size and mtime, and only new or changed files are "
+            "decoded."
+        )
     return _section(
         "refresh",
         [

@@ -707,3 +707,17 @@ def test_foreign_pixel_shape_rejected(settings_history, tmp_path):
     assert problems
     with pytest.raises(SchemaMismatchError, match=r"shape \[24, 20, 3\]"):
         imgprep.open_version(copy, 2).load("train", resampled=False)
+
+
+def test_rebuild_reason_in_report_and_log(settings_history):
+    from typer.testing import CliRunner
+
+    from imgprep.cli import app
+
+    store = settings_history["store"]
+    report = (store / "versions" / "000002" / "report.html").read_text()
+    assert "Rebuild: image settings changed" in report
+    result = CliRunner().invoke(app, ["log", str(store)])
+    assert result.exit_code == 0, result.output
+    assert "rebuild requested" in result.output
+    assert "image settings changed" in result.output
