@@ -418,6 +418,22 @@ def _imbalance(profile: Mapping[str, Any], stage: str) -> dict[str, Any]:
     return ratios
 
 
+def _channel_names(count: int) -> list[str]:
+    """Return channel names for ``count`` channels: R, G, B or L, else indices."""
+    if count == 3:
+        return ["R", "G", "B"]
+    if count == 1:
+        return ["L"]
+    return [str(index) for index in range(count)]
+
+
+def _channel_value(values: Sequence[Any] | None, names: list[str], name: str) -> Any:
+    if not values or name not in names:
+        return None
+    index = names.index(name)
+    return values[index] if index < len(values) else None
+
+
 def _normalization_changes(
     a: Mapping[str, Any], b: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -430,19 +446,22 @@ def _normalization_changes(
         "mean": (a_stats, b_stats),
         "std": (a_stats, b_stats),
     }
-    channels = max(
-        [len(x.get(name) or []) for name, pair in sources.items() for x in pair],
-        default=0,
+    # Channels are matched by name, so a change from L to RGB compares no values
+    # across colour modes.
+    a_names = _channel_names(
+        max((len(pair[0].get(key) or []) for key, pair in sources.items()), default=0)
     )
+    b_names = _channel_names(
+        max((len(pair[1].get(key) or []) for key, pair in sources.items()), default=0)
+    )
+    names = [*a_names, *(name for name in b_names if name not in a_names)]
     rows = []
-    for index in range(channels):
-        row: dict[str, Any] = {"channel": index}
-        for name, (left, right) in sources.items():
-            left_values = left.get(name) or []
-            right_values = right.get(name) or []
-            row[name] = _pair(
-                left_values[index] if index < len(left_values) else None,
-                right_values[index] if index < len(right_values) else None,
+    for name in names:
+        row: dict[str, Any] = {"channel": name}
+        for key, (left, right) in sources.items():
+            row[key] = _pair(
+                _channel_value(left.get(key), a_names, name),
+                _channel_value(right.get(key), b_names, name),
             )
         rows.append(row)
     return {

@@ -1136,9 +1136,8 @@ def _diff_imbalance(diff: Mapping[str, Any], old: str, new: str) -> list[_Html]:
 def _diff_statistics(diff: Mapping[str, Any], old: str, new: str) -> list[_Html]:
     normalization = diff["normalization"]
     channels = normalization["channels"]
-    names = _channel_names(len(channels))
     rows = [
-        [names[row["channel"]], statistic, *_pair_cells(row[statistic])]
+        [str(row["channel"]), statistic, *_pair_cells(row[statistic])]
         for row in channels
         for statistic in ("mean", "std", "offset", "scale")
     ]

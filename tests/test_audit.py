@@ -637,3 +637,30 @@ def test_diff_samples_moved_and_removed():
     assert result["removed"] == {"train": {"a": ["s1"]}, "test": {"b": ["s2"]}}
     assert result["added"] == {}
     assert result["totals"]["unchanged"] == 0
+
+
+def test_normalization_diff_matches_channels_by_name():
+    from imgprep.audit import _normalization_changes
+
+    gray = {
+        "normalization": {
+            "params": {"method": "zscore", "offset": [80.0], "scale": [90.0]},
+            "stats": {"mean": [80.0], "std": [90.0]},
+        }
+    }
+    rgb = {
+        "normalization": {
+            "params": {
+                "method": "zscore",
+                "offset": [1.0, 2.0, 3.0],
+                "scale": [4.0] * 3,
+            },
+            "stats": {"mean": [1.0, 2.0, 3.0], "std": [4.0] * 3},
+        }
+    }
+    rows = _normalization_changes(gray, rgb)["channels"]
+    assert [row["channel"] for row in rows] == ["L", "R", "G", "B"]
+    assert rows[0]["mean"] == {"a": 80.0, "b": None, "change": None}
+    assert rows[1]["mean"] == {"a": None, "b": 1.0, "change": None}
+    same = _normalization_changes(rgb, rgb)["channels"]
+    assert [row["mean"]["change"] for row in same] == [0.0, 0.0, 0.0]
