@@ -15,7 +15,12 @@ from collections.abc import Mapping, Sequence
 from numbers import Integral
 from typing import Any
 
-__all__ = ["balance_metrics", "balance_profile", "effective_number"]
+__all__ = [
+    "balance_metrics",
+    "balance_profile",
+    "classes_missing_from_splits",
+    "effective_number",
+]
 
 
 def effective_number(count: int, beta: float) -> float:
@@ -213,3 +218,21 @@ def balance_profile(
             for split, counts in per_split.items()
         },
     }
+
+
+def classes_missing_from_splits(
+    counts: Mapping[str, Mapping[str, int]], classes: Sequence[str]
+) -> dict[str, list[str]]:
+    """Return, per split that has samples, the classes with none in that split.
+
+    A hash split of a small class can leave it out of ``val`` or ``test``, which
+    makes per-class metrics on that split undefined for the class.
+    """
+    missing = {}
+    for split, per_class in counts.items():
+        if sum(per_class.values()) == 0:
+            continue
+        absent = [name for name in classes if per_class.get(name, 0) == 0]
+        if absent:
+            missing[split] = absent
+    return missing

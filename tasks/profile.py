@@ -13,7 +13,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from imgprep.balance import balance_profile
+from imgprep.balance import balance_profile, classes_missing_from_splits
 from imgprep.config import SPLITS, PrepareConfig
 
 __all__ = ["artifact_key", "profile_class_balance"]
@@ -55,11 +55,23 @@ def profile_class_balance(
         beta=settings.beta,
         minority_share=settings.minority_share,
     )
+    missing = classes_missing_from_splits(
+        {split: counts_before[split] for split in SPLITS}, classes
+    )
+    for split, names in missing.items():
+        logger.warning(
+            "%d of %d classes have no samples in the %s split: %s",
+            len(names),
+            len(classes),
+            split,
+            ", ".join(names),
+        )
     profile = {
         "before": before,
         "after": after,
         "beta": settings.beta,
         "minority_share": settings.minority_share,
+        "classes_missing_from_splits": missing,
     }
     with tempfile.TemporaryDirectory() as folder:
         path = plot_class_balance(

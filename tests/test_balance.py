@@ -9,7 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgprep.balance import balance_metrics, balance_profile, effective_number
+from imgprep.balance import (
+    balance_metrics,
+    balance_profile,
+    classes_missing_from_splits,
+    effective_number,
+)
 
 BETA = 0.999
 SHARE = 0.05
@@ -220,3 +225,13 @@ def test_profile_rejects_unknown_class() -> None:
 def test_profile_rejects_repeated_class() -> None:
     with pytest.raises(ValueError, match=r"\['cat'\] more than once"):
         balance_profile({}, ["cat", "cat"], beta=BETA, minority_share=SHARE)
+
+
+def test_classes_missing_from_splits():
+    counts = {
+        "train": {"cat": 20, "dog": 12, "bird": 6},
+        "val": {"cat": 2, "dog": 0, "bird": 0},
+        "test": {"cat": 0, "dog": 0, "bird": 0},
+    }
+    missing = classes_missing_from_splits(counts, ["cat", "dog", "bird"])
+    assert missing == {"val": ["dog", "bird"]}
