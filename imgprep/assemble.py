@@ -64,10 +64,9 @@ class ParentState:
 def image_settings_changes(
     parent: ParentState | None, config: PrepareConfig
 ) -> list[str]:
-    """Return the ``image`` settings that differ from the parent's, as
-    ``"image.KEY OLD -> NEW"`` lines.
+    """Return the ``image`` settings that differ from the parent's.
 
-    These settings decide the stored pixels, so when any differs no parent pixel can
+    Each entry reads ``"image.KEY OLD -> NEW"``. These settings decide the stored pixels, so when any differs no parent pixel can
     be reused and every file is decoded again.
     """
     if parent is None:
@@ -189,13 +188,18 @@ def plan_ingest(
             plan.reuse_quarantine[candidate.key] = old
         else:
             plan.decode.append(candidate)
+    _finish_plan(plan, previous)
+    return plan
+
+
+def _finish_plan(plan: IngestPlan, previous: dict[str, dict[str, Any]]) -> None:
+    """Sort the files to decode and list the parent's files that are gone."""
     plan.decode.sort(key=lambda candidate: candidate.key)
     plan.removed_keys = sorted(
         key
         for key, row in previous.items()
         if key not in plan.candidates and row["status"] != "skipped"
     )
-    return plan
 
 
 def _plan_rebuild(scan: ScanResult, parent: ParentState, reason: str) -> IngestPlan:
@@ -214,12 +218,7 @@ def _plan_rebuild(scan: ScanResult, parent: ParentState, reason: str) -> IngestP
             plan.unchanged_keys.append(candidate.key)
         else:
             plan.changed_keys.append(candidate.key)
-    plan.decode.sort(key=lambda candidate: candidate.key)
-    plan.removed_keys = sorted(
-        key
-        for key, row in previous.items()
-        if key not in plan.candidates and row["status"] != "skipped"
-    )
+    _finish_plan(plan, previous)
     return plan
 
 
@@ -556,8 +555,7 @@ def assemble_samples(
 
 
 def _check_reused_size(store: Store, entry: dict[str, Any]) -> None:
-    """Raise CorruptObjectError when a parent shard to reference is missing or has
-    the wrong size.
+    """Raise CorruptObjectError when a reused parent shard is missing or resized.
 
     Only the size is checked, which costs one stat per shard. A flipped byte of the
     right size passes here, and ``imgprep verify`` finds it.

@@ -709,7 +709,8 @@ def load_config(
             ) from None
         except OSError as error:
             raise ConfigError(
-                f"config file {file} cannot be read: {error.strerror or error}"
+                f"reading config file {file} failed: {error.strerror or error}; "
+                "check that it exists and is readable"
             ) from None
         try:
             loaded = yaml.safe_load(text)

@@ -227,25 +227,25 @@ def check_pixel_layout(
     expected: Mapping[str, Any],
     path: str | None = None,
 ) -> None:
-    """Raise SchemaMismatchError when a shard's pixel shape or dtype is not the
-    manifest's ``pixel`` entry.
+    """Raise SchemaMismatchError unless a shard's pixels match the manifest's.
 
+    ``expected`` is the manifest's ``pixel`` entry, with ``shape`` and ``dtype``.
     Image settings such as the output size or colour mode change the pixel layout,
     not the Arrow schema, so a shard written under other settings passes
     :func:`check_schema` and is caught here.
     """
-    wanted_shape = [int(v) for v in expected["shape"]]
+    expected_shape = [int(v) for v in expected["shape"]]
     found_shape = [int(v) for v in shape]
-    if found_shape != wanted_shape:
+    if found_shape != expected_shape:
         raise SchemaMismatchError(
-            f"shard {path or ''} holds pixels of shape {found_shape} but the manifest "
-            f"records {wanted_shape}; the shard does not belong to this version",
+            f"shard {path or ''} contains pixels of shape {found_shape} but the manifest "
+            f"records {expected_shape}; the shard does not belong to this version",
             path,
             "pixels",
         )
     if str(dtype) != str(expected["dtype"]):
         raise SchemaMismatchError(
-            f"shard {path or ''} holds {dtype} pixels but the manifest records "
+            f"shard {path or ''} contains {dtype} pixels but the manifest records "
             f"{expected['dtype']}; the shard does not belong to this version",
             path,
             "pixels",
@@ -473,8 +473,11 @@ def read_shard(
     path: str | None = None,
     expected_pixel: Mapping[str, Any] | None = None,
 ) -> ShardData:
-    """Parse a shard's bytes, checking its schema and pixel layout against the
-    manifest's ``shard_schema`` and ``pixel`` entries when they are given."""
+    """Parse a shard's bytes and check them against the manifest when asked.
+
+    ``expected_schema`` is the manifest's ``shard_schema`` and ``expected_pixel``
+    its ``pixel`` entry. Either is skipped when None.
+    """
     if fmt == "parquet":
         try:
             table = pq.read_table(pa.BufferReader(data))

@@ -30,7 +30,7 @@ def load_parent_state(store_root: str, rebuild: bool = False) -> ParentState | N
     """Read what a refresh needs from the newest version of the store.
 
     With ``rebuild``, a parent whose tables are damaged is logged and left out, so
-    the run builds from the sources alone and rewrites the damaged objects.
+    the run builds from the sources alone.
     """
     logger = get_run_logger()
     try:

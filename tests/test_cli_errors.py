@@ -228,10 +228,15 @@ def test_run_missing_root_before_flow(tmp_path: Path):
     assert f"source root not found: {missing}" in lines[0]
 
 
-def test_run_empty_root_one_error(tmp_path: Path):
+def empty_root_config(tmp_path: Path) -> tuple[Path, Path]:
+    """Return an empty source folder and a config that points at it."""
     empty = tmp_path / "empty-root"
     empty.mkdir()
-    config = write_config(tmp_path, empty, tmp_path / "store")
+    return empty, write_config(tmp_path, empty, tmp_path / "store")
+
+
+def test_run_empty_root_one_error(tmp_path: Path):
+    empty, config = empty_root_config(tmp_path)
     result = run_cli("run", "-c", config, "--no-progress")
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
@@ -243,9 +248,7 @@ def test_run_empty_root_one_error(tmp_path: Path):
 
 
 def test_run_verbose_keeps_traceback(tmp_path: Path):
-    empty = tmp_path / "empty-root"
-    empty.mkdir()
-    config = write_config(tmp_path, empty, tmp_path / "store")
+    _, config = empty_root_config(tmp_path)
     result = run_cli("run", "-c", config, "--no-progress", "--verbose")
     output = result.stdout + result.stderr
     assert result.returncode == 1, output

@@ -612,19 +612,19 @@ def settings_history(tmp_path_factory: pytest.TempPathFactory, prefect_harness):
     run_flow(make_config(root, store, **gray))
     run_flow(make_config(root, base / "scratch-gray", **gray))
 
-    # Cut one shard object of version 3 short: a refresh refuses to reference it,
+    # Cut one shard object of version 3 short. A refresh rejects it,
     # and a rebuild on request writes it again.
     damaged = store / read_manifest(store, 3)["shards"][0]["path"]
     damaged.write_bytes(damaged.read_bytes()[:-10])
     damaged_report = imgprep_verify(store, 3)
-    with pytest.raises(CorruptObjectError) as refused:
+    with pytest.raises(CorruptObjectError) as rejected:
         run_flow(make_config(root, store, **gray))
     run_flow(make_config(root, store, **gray), rebuild=True)
     return {
         "store": store,
         "scratch": {2: base / "scratch-resized", 3: base / "scratch-gray"},
         "damaged_report": damaged_report,
-        "refused": str(refused.value),
+        "rejected": str(rejected.value),
         "damaged_path": damaged.relative_to(store).as_posix(),
     }
 
@@ -675,9 +675,9 @@ def test_image_change_reader_shape(settings_history, version, shape):
     assert opened.load("train", resampled=False).pixels.shape[1:] == shape
 
 
-def test_refresh_refuses_truncated_shard(settings_history):
+def test_refresh_rejects_truncated_shard(settings_history):
     assert settings_history["damaged_report"]["status"] == "corrupt"
-    message = settings_history["refused"]
+    message = settings_history["rejected"]
     assert settings_history["damaged_path"] in message
     assert "manifest records" in message
 
@@ -721,3 +721,65 @@ def test_rebuild_reason_in_report_and_log(settings_history):
     assert result.exit_code == 0, result.output
     assert "rebuild requested" in result.output
     assert "image settings changed" in result.output
+
+
+@pytest.fixture(scope="module")
+def damaged_table_template(tmp_path_factory: pytest.TempPathFactory, prefect_harness):
+    """A one-version store whose ``sources`` table object is cut short."""
+    base = tmp_path_factory.mktemp("damaged-table")
+    root = base / "images"
+    write_image_tree(root, {"a": 10, "b": 10}, seed=9)
+    store = base / "store"
+    run_flow(make_config(root, store, **SETTINGS))
+    table = read_manifest(store, 1)["objects"]["sources"]["path"]
+    (store / table).write_bytes((store / table).read_bytes()[:-10])
+    return root, store, table
+
+
+@pytest.fixture()
+def damaged_table_store(damaged_table_template, tmp_path):
+    """A copy of the damaged store for one test, with the sources table's path."""
+    root, template, table = damaged_table_template
+    store = tmp_path / "store"
+    shutil.copytree(template, store)
+    return root, store, store / table
+
+
+def test_damaged_sources_table_blocks_refresh(damaged_table_store):
+    root, store, table = damaged_table_store
+    with pytest.raises(CorruptObjectError, match=table.name):
+        run_flow(make_config(root, store, **SETTINGS))
+    assert not (store / "versions" / "000002").exists()
+
+
+def test_cli_error_suggests_rebuild(damaged_table_store, tmp_path):
+    from typer.testing import CliRunner
+
+    from imgprep.cli import app
+
+    root, store, _ = damaged_table_store
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        json.dumps(
+            {
+                "dataset": {"name": "test"},
+                "source": {"root": str(root)},
+                "runner": {"type": "thread", "workers": 2},
+                **SETTINGS,
+                "output": {**SETTINGS["output"], "store": str(store)},
+            }
+        )
+    )
+    result = CliRunner().invoke(app, ["run", "-c", str(config), "--no-progress"])
+    assert result.exit_code == 1
+    assert "run again with --rebuild" in result.output
+
+
+def test_rebuild_skips_damaged_parent(damaged_table_store):
+    root, store, _ = damaged_table_store
+    result = run_flow(make_config(root, store, **SETTINGS), rebuild=True)
+    manifest = read_manifest(store, result["version"])
+    assert result["version"] == 2
+    assert manifest["refresh"]["parent"] is None
+    assert manifest["refresh"]["images_decoded"] == 20
+    assert verify_version(store, result["version"]) == []
